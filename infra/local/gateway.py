@@ -1,0 +1,377 @@
+"""A local stand-in for API Gateway HTTP API in front of the Lambda handlers.
+
+It does what the cloud does with each request, reading everything from template.yaml:
+match a route, answer CORS preflights and add CORS headers to every response (errors and
+authorizer rejections included), run the JWT authorizer with the route's scopes,
+enforce the payload and time limits, build a payload-v2 event, invoke the function and
+map its result back to HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from infra.local.auth import AuthorizationFailure, AuthorizedRequest, JwtAuthorizer
+from infra.local.workers import FunctionError, FunctionPool, InvocationTimeout
+from infra.samtemplate import Route
+
+# AWS limits (DESIGN.md): HTTP API payload, Lambda synchronous invocation payload.
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+MAX_INVOKE_PAYLOAD_BYTES = 6 * 1024 * 1024
+_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
+
+
+@dataclass(frozen=True)
+class CorsPolicy:
+    """The HttpApi CorsConfiguration (and how API Gateway applies it)."""
+
+    allow_origins: tuple[str, ...]
+    allow_headers: tuple[str, ...]
+    allow_methods: tuple[str, ...]
+    expose_headers: tuple[str, ...]
+    max_age: int
+
+    @classmethod
+    def from_template(cls, config: Mapping[str, Any], *, origins: Sequence[str]) -> CorsPolicy:
+        return cls(
+            allow_origins=tuple(origins),
+            allow_headers=tuple(h.lower() for h in config.get("AllowHeaders", [])),
+            allow_methods=tuple(m.upper() for m in config.get("AllowMethods", [])),
+            expose_headers=tuple(config.get("ExposeHeaders", [])),
+            max_age=int(config.get("MaxAge", 0)),
+        )
+
+    def allows(self, origin: str | None) -> bool:
+        return origin is not None and ("*" in self.allow_origins or origin in self.allow_origins)
+
+    def response_headers(self, origin: str | None) -> dict[str, str]:
+        if not self.allows(origin):
+            return {}
+        assert origin is not None
+        headers = {"access-control-allow-origin": origin, "vary": "origin"}
+        if self.expose_headers:
+            headers["access-control-expose-headers"] = ",".join(self.expose_headers)
+        return headers
+
+    def preflight_headers(
+        self, origin: str | None, method: str, request_headers: str
+    ) -> dict[str, str] | None:
+        if not self.allows(origin) or method.upper() not in self.allow_methods:
+            return None
+        asked = [h.strip().lower() for h in request_headers.split(",") if h.strip()]
+        if any(h not in self.allow_headers for h in asked):
+            return None
+        headers = self.response_headers(origin)
+        headers.update(
+            {
+                "access-control-allow-methods": ",".join(self.allow_methods),
+                "access-control-allow-headers": ",".join(self.allow_headers),
+                "access-control-max-age": str(self.max_age),
+            }
+        )
+        return headers
+
+
+@dataclass
+class GatewayResponse:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @classmethod
+    def message(cls, status: HTTPStatus, text: str | None = None) -> GatewayResponse:
+        """API Gateway's own JSON error shape: {"message": "..."}."""
+        body = json.dumps({"message": text or status.phrase}).encode()
+        return cls(int(status), {"content-type": "application/json"}, body)
+
+
+class Activity:
+    """Counts invocations in flight, so state can be snapshotted while none runs."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._running = 0
+        self._paused = False
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._paused)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._running -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._paused)
+            self._paused = True
+            self._condition.wait_for(lambda: self._running == 0)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._paused = False
+                self._condition.notify_all()
+
+
+class Gateway:
+    """Routes, authorizes and invokes; independent of the HTTP server around it."""
+
+    def __init__(
+        self,
+        *,
+        routes: Sequence[Route],
+        functions: Mapping[str, FunctionPool],
+        authorizer: JwtAuthorizer | None,
+        cors: CorsPolicy,
+        api_id: str = "local",
+        on_invoke: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.routes = list(routes)
+        self.functions = functions
+        self.authorizer = authorizer
+        self.cors = cors
+        self.api_id = api_id
+        self.on_invoke = on_invoke
+        self.activity = Activity()
+
+    def handle(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes, *, source_ip: str, host: str
+    ) -> GatewayResponse:
+        origin = headers.get("origin")
+        response = self._handle(method, target, headers, body, source_ip=source_ip, host=host)
+        if method != "OPTIONS":
+            response.headers.update(self.cors.response_headers(origin))
+        response.headers.setdefault("apigw-requestid", uuid.uuid4().hex[:16])
+        return response
+
+    def _handle(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes, *, source_ip: str, host: str
+    ) -> GatewayResponse:
+        split = urlsplit(target)
+        path = split.path or "/"
+        if method == "OPTIONS" and "access-control-request-method" in headers:
+            preflight = self.cors.preflight_headers(
+                headers.get("origin"),
+                headers["access-control-request-method"],
+                headers.get("access-control-request-headers", ""),
+            )
+            return GatewayResponse(int(HTTPStatus.NO_CONTENT), preflight or {})
+        matched = self._match(method, path)
+        if matched is None:
+            return GatewayResponse.message(HTTPStatus.NOT_FOUND)
+        route, path_parameters = matched
+        authorized: AuthorizedRequest | None = None
+        if self.authorizer is not None and route.authorizer is not None:
+            try:
+                authorized = self.authorizer.authorize(headers.get("authorization"), route.scopes)
+            except AuthorizationFailure as failure:
+                return GatewayResponse(
+                    failure.status,
+                    {"content-type": "application/json", **failure.headers},
+                    json.dumps(failure.body).encode(),
+                )
+        if len(body) > MAX_REQUEST_BYTES:
+            return GatewayResponse.message(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        event = self._event(
+            route, path, split.query, path_parameters, headers, body, authorized, source_ip, host
+        )
+        return self._invoke(route.function, event)
+
+    def _match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        for route in self.routes:
+            if route.method not in (method, "ANY"):
+                continue
+            match = route.pattern.match(path)
+            if match:
+                return route, match.groupdict()
+        return None
+
+    def _event(  # noqa: PLR0917 (mirrors the event fields)
+        self,
+        route: Route,
+        path: str,
+        query: str,
+        path_parameters: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+        authorized: AuthorizedRequest | None,
+        source_ip: str,
+        host: str,
+    ) -> dict[str, Any]:
+        """A payload format 2.0 event, as HTTP API sends it to Lambda."""
+        now = datetime.now(UTC)
+        query_parameters: dict[str, str] = {}
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            query_parameters[name] = (
+                f"{query_parameters[name]},{value}" if name in query_parameters else value
+            )
+        content_type = headers.get("content-type", "")
+        is_text = content_type.startswith(_TEXT_TYPES)
+        request_context: dict[str, Any] = {
+            "accountId": "123456789012",
+            "apiId": self.api_id,
+            "domainName": host,
+            "domainPrefix": host.split(".", maxsplit=1)[0],
+            "http": {
+                "method": route.method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": source_ip,
+                "userAgent": headers.get("user-agent", ""),
+            },
+            "requestId": uuid.uuid4().hex,
+            "routeKey": route.route_key,
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now.timestamp() * 1000),
+        }
+        if authorized is not None:
+            request_context["authorizer"] = authorized.event_authorizer()
+        event: dict[str, Any] = {
+            "version": "2.0",
+            "routeKey": route.route_key,
+            "rawPath": path,
+            "rawQueryString": query,
+            "headers": dict(headers),
+            "requestContext": request_context,
+            "isBase64Encoded": bool(body) and not is_text,
+        }
+        if query_parameters:
+            event["queryStringParameters"] = query_parameters
+        if path_parameters:
+            event["pathParameters"] = dict(path_parameters)
+        if body:
+            event["body"] = body.decode("utf-8", "replace") if is_text else base64.b64encode(body).decode()
+        return event
+
+    def _invoke(self, function: str, event: dict[str, Any]) -> GatewayResponse:
+        payload_size = len(json.dumps(event))
+        if payload_size > MAX_INVOKE_PAYLOAD_BYTES:
+            # Lambda refuses a request payload over 6 MB (base64 makes a body ~4/3 larger).
+            return GatewayResponse.message(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        started = time.monotonic()
+        try:
+            with self.activity.running():
+                result = self.functions[function].invoke(event)
+        except InvocationTimeout:
+            return GatewayResponse.message(HTTPStatus.SERVICE_UNAVAILABLE)
+        except FunctionError as exc:
+            print(f"[{function}] unhandled error:\n{exc}", flush=True)
+            return GatewayResponse.message(HTTPStatus.INTERNAL_SERVER_ERROR)
+        finally:
+            if self.on_invoke is not None:
+                self.on_invoke(function, f"{(time.monotonic() - started) * 1000:.0f} ms")
+        if len(json.dumps(result)) > MAX_INVOKE_PAYLOAD_BYTES:
+            print(f"[{function}] response exceeds the 6 MB Lambda payload limit", flush=True)
+            return GatewayResponse.message(HTTPStatus.BAD_GATEWAY, "Internal Server Error")
+        return _http_response(result)
+
+
+def _http_response(result: Any) -> GatewayResponse:
+    """Map a payload-v2 Lambda result to HTTP, as API Gateway does."""
+    if not isinstance(result, dict) or "statusCode" not in result:
+        body = result if isinstance(result, str) else json.dumps(result)
+        return GatewayResponse(200, {"content-type": "application/json"}, body.encode())
+    headers = {k.lower(): str(v) for k, v in (result.get("headers") or {}).items()}
+    for name, values in (result.get("multiValueHeaders") or {}).items():
+        headers[name.lower()] = ", ".join(str(v) for v in values)
+    if result.get("cookies"):
+        headers["set-cookie"] = "; ".join(result["cookies"])
+    raw = result.get("body") or ""
+    body = base64.b64decode(raw) if result.get("isBase64Encoded") else str(raw).encode("utf-8")
+    headers.setdefault("content-type", "application/json")
+    return GatewayResponse(int(result["statusCode"]), headers, body)
+
+
+class _RequestTooLarge(Exception):
+    pass
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """Read a Content-Length or chunked body, never more than the API's payload limit."""
+    if handler.headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks, total = [], 0
+        while True:
+            size_line = handler.rfile.readline(1024)
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(chunks)
+            total += size
+            if total > MAX_REQUEST_BYTES:
+                raise _RequestTooLarge
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline(16)
+    length = int(handler.headers.get("content-length") or 0)
+    if length > MAX_REQUEST_BYTES:
+        raise _RequestTooLarge
+    return handler.rfile.read(length) if length else b""
+
+
+def make_server(gateway: Gateway, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "local-apigateway"
+
+        def _serve(self) -> None:
+            headers: dict[str, str] = {}
+            for name, value in self.headers.items():
+                key = name.lower()
+                headers[key] = f"{headers[key]},{value}" if key in headers else value
+            try:
+                body = _read_body(self)
+            except _RequestTooLarge:
+                response = GatewayResponse.message(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                response.headers["connection"] = "close"
+                self.close_connection = True
+                self._send(response)
+                return
+            except ValueError:
+                self._send(GatewayResponse.message(HTTPStatus.BAD_REQUEST))
+                return
+            response = gateway.handle(
+                self.command,
+                self.path,
+                headers,
+                body,
+                source_ip=self.client_address[0],
+                host=headers.get("host", f"{host}:{port}"),
+            )
+            self._send(response)
+
+        def _send(self, response: GatewayResponse) -> None:
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("content-length", str(len(response.body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(response.body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_HEAD = do_PATCH = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            print(f"{self.address_string()} {format % args}", flush=True)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server

@@ -1,0 +1,291 @@
+"""`make serve`: the whole stack on 127.0.0.1 with moto as AWS.
+
+Starts a moto server, restores the previous state from $LOCAL_DIR, creates what the
+template declares, starts one worker pool per function (the real Lambda handlers with
+the layers on their path), issues role tokens, serves the routes of template.yaml
+through the local API Gateway, and records every event on the bus in
+$LOCAL_DIR/events.jsonl. Ctrl-C (or SIGTERM) saves the state and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from moto.server import ThreadedMotoServer
+
+from infra.local import snapshot
+from infra.local.auth import (
+    DEFAULT_LIFETIME,
+    ROLE_CLIENTS,
+    JwtAuthorizer,
+    LocalSigningKey,
+    TokenIssuer,
+    issue_role_tokens,
+    write_tokens_file,
+)
+from infra.local.gateway import CorsPolicy, Gateway, make_server
+from infra.local.loader import load_folder
+from infra.local.provision import ACCOUNT_ID, provision
+from infra.local.workers import FunctionConfig, FunctionPool
+from infra.samtemplate import Template, load_template
+
+REGION = "us-east-1"
+EVENT_LOG_QUEUE = "local-event-log"
+SNAPSHOT_INTERVAL_S = 30.0
+# Browser viewers under development (OHIF's dev server, Vite, ...); CORS_ORIGINS overrides.
+LOCAL_VIEWER_ORIGINS = (
+    "http://localhost:3000",
+    "http://127.0.0.1:3000",
+    "http://localhost:5173",
+    "http://127.0.0.1:5173",
+    "http://localhost:8042",
+)
+# Fake credentials for moto, set before boto3 is imported by anything.
+_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+}
+
+
+@dataclass
+class Options:
+    host: str
+    port: int
+    local_dir: Path
+    auth: bool
+    load: Path | None
+    cors_origins: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, argv: list[str] | None = None) -> Options:
+        parser = argparse.ArgumentParser(description=__doc__)
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+        parser.add_argument("--local-dir", type=Path, default=Path(os.environ.get("LOCAL_DIR", ".local")))
+        parser.add_argument("--auth", choices=("on", "off"), default=os.environ.get("AUTH", "on") or "on")
+        parser.add_argument(
+            "--load", type=Path, default=Path(os.environ["LOAD"]) if os.environ.get("LOAD") else None
+        )
+        args = parser.parse_args(argv)
+        origins = os.environ.get("CORS_ORIGINS")
+        return cls(
+            host=args.host,
+            port=args.port,
+            local_dir=args.local_dir.resolve(),
+            auth=args.auth == "on",
+            load=args.load,
+            cors_origins=tuple(o.strip() for o in origins.split(",")) if origins else LOCAL_VIEWER_ORIGINS,
+        )
+
+
+class LocalStack:
+    """Everything `make serve` runs, startable from tests too."""
+
+    def __init__(self, options: Options, template: Template | None = None) -> None:
+        self.options = options
+        self.template = template or load_template()
+        self.base_url = f"http://{options.host}:{options.port}"
+        self.snapshot_path = options.local_dir / "state.pickle"
+        self.events_path = options.local_dir / "events.jsonl"
+        self.tokens_path = options.local_dir / "tokens.json"
+        self._stopping = threading.Event()
+        self._dirty = threading.Event()
+
+    # ---------------------------------------------------------------- start
+    def start(self) -> None:
+        os.environ.update(_AWS_ENV)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self.options.local_dir.mkdir(parents=True, exist_ok=True)
+        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.moto.start()
+        _, moto_port = self.moto.get_host_and_port()
+        self.moto_url = f"http://127.0.0.1:{moto_port}"
+        restored = snapshot.load(self.snapshot_path)
+        self.stack = provision(
+            self.template,
+            endpoint_url=self.moto_url,
+            region=REGION,
+            overrides={"PublicBaseUrl": self.base_url, "AllowedOrigins": ",".join(self.options.cors_origins)},
+        )
+        self._record_events()
+        self.pools = {name: FunctionPool(config) for name, config in self._function_configs().items()}
+        key = LocalSigningKey.load_or_create(self.options.local_dir / "signing-key.pem")
+        issuer_url = f"{self.base_url}/local-cognito/{self.stack.physical_ids['UserPool']}"
+        client_ids = {role: self.stack.physical_ids[logical] for role, logical in ROLE_CLIENTS.items()}
+        authorizer = (
+            JwtAuthorizer(issuer=issuer_url, audiences=list(client_ids.values()), jwks=key.jwks())
+            if self.options.auth
+            else None
+        )
+        tokens = issue_role_tokens(TokenIssuer(key, issuer_url), client_ids)
+        write_tokens_file(
+            self.tokens_path, tokens, base_url=self.base_url, expires_at=datetime.now(UTC) + DEFAULT_LIFETIME
+        )
+        self.tokens = tokens
+        api = self.template.http_api()
+        self.gateway = Gateway(
+            routes=self.template.routes(),
+            functions=self.pools,
+            authorizer=authorizer,
+            cors=CorsPolicy.from_template(
+                api.get("CorsConfiguration", {}), origins=self.options.cors_origins
+            ),
+            on_invoke=lambda function, took: self._dirty.set(),
+        )
+        self.server = make_server(self.gateway, self.options.host, self.options.port)
+        self._threads = [
+            threading.Thread(target=self.server.serve_forever, name="http", daemon=True),
+            threading.Thread(target=self._drain_events, name="event-log", daemon=True),
+            threading.Thread(target=self._snapshot_loop, name="snapshot", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        for pool in self.pools.values():
+            pool.warm_up()
+        self._write_runtime_file(restored)
+
+    def _function_configs(self) -> dict[str, FunctionConfig]:
+        layers = self.template.layer_dirs()
+        configs = {}
+        for name, spec in self.template.functions().items():
+            environment = {
+                **_AWS_ENV,
+                **self.stack.function_environment(spec),
+                "AWS_ENDPOINT_URL": self.moto_url,
+                "AWS_LAMBDA_FUNCTION_NAME": name,
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "POWERTOOLS_METRICS_DISABLED": "true",
+                "POWERTOOLS_DEV": os.environ.get("POWERTOOLS_DEV", "false"),
+            }
+            configs[name] = FunctionConfig(
+                name=name,
+                handler=spec.handler,
+                code_dir=spec.code_uri,
+                layer_dirs=tuple(layers[layer] for layer in spec.layers),
+                environment=environment,
+                timeout=float(spec.timeout),
+                memory_mb=spec.memory,
+            )
+        return configs
+
+    def _write_runtime_file(self, restored: bool) -> None:
+        document = {
+            "base_url": self.base_url,
+            "moto_endpoint_url": self.moto_url,
+            "region": REGION,
+            "restored_state": restored,
+            "resources": self.stack.physical_ids,
+            "tokens_file": str(self.tokens_path),
+            "events_file": str(self.events_path),
+            "pid": os.getpid(),
+        }
+        (self.options.local_dir / "runtime.json").write_text(json.dumps(document, indent=2) + "\n")
+
+    # ---------------------------------------------------------------- events
+    def _record_events(self) -> None:
+        """A local-only rule that copies every event on the bus into a queue we drain."""
+        events, sqs = self.stack.client("events"), self.stack.client("sqs")
+        queue_url = sqs.create_queue(QueueName=EVENT_LOG_QUEUE)["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        for logical_id in self.template.resources_of_type("AWS::Events::EventBus"):
+            bus = self.stack.physical_ids[logical_id]
+            events.put_rule(
+                Name=EVENT_LOG_QUEUE,
+                EventBusName=bus,
+                EventPattern=json.dumps({"account": [ACCOUNT_ID]}),
+            )
+            events.put_targets(
+                Rule=EVENT_LOG_QUEUE, EventBusName=bus, Targets=[{"Id": "log", "Arn": queue_arn}]
+            )
+        self._event_queue_url = queue_url
+
+    def _drain_events(self) -> None:
+        sqs = self.stack.client("sqs")
+        while not self._stopping.is_set():
+            try:
+                messages = sqs.receive_message(
+                    QueueUrl=self._event_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+                ).get("Messages", [])
+            except Exception as exc:  # moto stopping under us at shutdown
+                if not self._stopping.is_set():
+                    print(f"event log: {exc!r}", flush=True)
+                time.sleep(0.5)
+                continue
+            if not messages:
+                continue
+            with open(self.events_path, "a", encoding="utf-8") as log:
+                for message in messages:
+                    log.write(json.dumps(json.loads(message["Body"]), separators=(",", ":")) + "\n")
+            sqs.delete_message_batch(
+                QueueUrl=self._event_queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+            )
+            self._dirty.set()
+
+    # ---------------------------------------------------------------- state
+    def _snapshot_loop(self) -> None:
+        while not self._stopping.wait(SNAPSHOT_INTERVAL_S):
+            if self._dirty.is_set():
+                self.save()
+
+    def save(self) -> None:
+        with self.gateway.activity.paused():
+            self._dirty.clear()
+            snapshot.save(self.snapshot_path)
+
+    def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.server.shutdown()
+        self.save()
+        for pool in self.pools.values():
+            pool.close()
+        self.moto.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = Options.parse(argv)
+    stack = LocalStack(options)
+    stack.start()
+    print(
+        f"DICOMweb root: {stack.base_url}/studies\n"
+        f"Tokens:        {stack.tokens_path} (roles: {', '.join(stack.tokens)})\n"
+        f"Events:        {stack.events_path}\n"
+        f"Auth:          {'on' if options.auth else 'OFF (AUTH=off)'}\n"
+        "Press Ctrl-C to stop.",
+        flush=True,
+    )
+    if options.load is not None:
+        report = load_folder(options.load, base_url=stack.base_url, token=stack.tokens["uploader"])
+        print(report.summary(), flush=True)
+    stopped = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    stopped.wait()
+    print("Stopping: saving state...", flush=True)
+    stack.stop()
+    print(f"State saved in {options.local_dir}.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""Read template.yaml: the single source of truth for routes, functions and resources.
+
+The local runtime builds its routing table, authorizer and resources from this module,
+and the tests read routes and tables through it instead of repeating them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_PATH = REPO_ROOT / "template.yaml"
+
+
+class _CloudFormationLoader(yaml.SafeLoader):
+    """A YAML loader that turns CloudFormation short-form tags into their long form."""
+
+
+def _construct_intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if tag_suffix == "Ref" else f"Fn::{tag_suffix}"
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if name == "Fn::GetAtt" and isinstance(value, str):
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {name: value}
+
+
+_CloudFormationLoader.add_multi_constructor("!", _construct_intrinsic)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP API route of a function (an `HttpApi` event in template.yaml)."""
+
+    method: str
+    path: str  # SAM form, e.g. /studies/{study}
+    function: str  # logical id
+    scopes: tuple[str, ...]
+    authorizer: str | None
+
+    @property
+    def route_key(self) -> str:
+        return f"{self.method} {self.path}"
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        """A regex matching concrete paths; one named group per path parameter."""
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path))
+        return re.compile(f"^{regex}$")
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    logical_id: str
+    code_uri: Path
+    handler: str
+    timeout: int
+    memory: int
+    environment: Mapping[str, Any]
+    layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Template:
+    raw: Mapping[str, Any]
+
+    @property
+    def resources(self) -> Mapping[str, Any]:
+        return self.raw["Resources"]
+
+    @property
+    def parameters(self) -> Mapping[str, Any]:
+        return self.raw.get("Parameters", {})
+
+    def resources_of_type(self, resource_type: str) -> dict[str, Mapping[str, Any]]:
+        return {name: res for name, res in self.resources.items() if res["Type"] == resource_type}
+
+    def parameter_default(self, name: str) -> Any:
+        return self.parameters[name].get("Default")
+
+    @property
+    def global_function(self) -> Mapping[str, Any]:
+        return self.raw.get("Globals", {}).get("Function", {})
+
+    def functions(self) -> dict[str, FunctionSpec]:
+        globals_ = self.global_function
+        specs = {}
+        for name, res in self.resources_of_type("AWS::Serverless::Function").items():
+            props = res["Properties"]
+            env = dict(globals_.get("Environment", {}).get("Variables", {}))
+            env.update(props.get("Environment", {}).get("Variables", {}))
+            layers = [*globals_.get("Layers", []), *props.get("Layers", [])]
+            specs[name] = FunctionSpec(
+                logical_id=name,
+                code_uri=REPO_ROOT / props["CodeUri"],
+                handler=props.get("Handler", globals_.get("Handler", "app.handler")),
+                timeout=int(props.get("Timeout", globals_.get("Timeout", 3))),
+                memory=int(props.get("MemorySize", globals_.get("MemorySize", 128))),
+                environment=env,
+                layers=tuple(layer["Ref"] for layer in layers),
+            )
+        return specs
+
+    def layer_dirs(self) -> dict[str, Path]:
+        return {
+            name: REPO_ROOT / res["Properties"]["ContentUri"]
+            for name, res in self.resources_of_type("AWS::Serverless::LayerVersion").items()
+        }
+
+    def http_api(self) -> Mapping[str, Any]:
+        (api,) = self.resources_of_type("AWS::Serverless::HttpApi").values()
+        return api["Properties"]
+
+    def routes(self) -> list[Route]:
+        default_authorizer = self.http_api().get("Auth", {}).get("DefaultAuthorizer")
+        routes = []
+        for name, res in self.resources_of_type("AWS::Serverless::Function").items():
+            for event in res["Properties"].get("Events", {}).values():
+                if event["Type"] != "HttpApi":
+                    continue
+                props = event["Properties"]
+                auth = props.get("Auth", {})
+                authorizer = auth.get("Authorizer", default_authorizer)
+                routes.append(
+                    Route(
+                        method=props["Method"].upper(),
+                        path=props["Path"],
+                        function=name,
+                        scopes=tuple(auth.get("AuthorizationScopes", ())),
+                        authorizer=None if authorizer == "NONE" else authorizer,
+                    )
+                )
+        return routes
+
+
+@cache
+def load_template(path: Path = TEMPLATE_PATH) -> Template:
+    with open(path, encoding="utf-8") as fh:
+        return Template(yaml.load(fh, Loader=_CloudFormationLoader))  # noqa: S506 (safe loader subclass)

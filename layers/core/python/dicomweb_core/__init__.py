@@ -1,0 +1,1 @@
+"""Shared core of the serverless DICOMweb store (the CoreLayer, mounted at /opt/python)."""

@@ -1,0 +1,49 @@
+"""Domain events on the EventBridge bus (DESIGN: hooks never run inside a request)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import boto3
+
+if TYPE_CHECKING:
+    from mypy_boto3_events import EventBridgeClient
+
+EVENT_SOURCE = "dicomweb"
+INSTANCE_STORED = "InstanceStored"
+_BATCH = 10  # PutEvents accepts at most 10 entries per call
+
+
+class EventPublishError(RuntimeError):
+    """EventBridge refused some entries."""
+
+
+class EventPublisher:
+    def __init__(self, bus_name: str, *, client: Any = None) -> None:
+        self.bus_name = bus_name
+        self._client = client
+
+    @cached_property
+    def client(self) -> EventBridgeClient:
+        return self._client or boto3.client("events")
+
+    def publish(self, detail_type: str, details: Iterable[Mapping[str, Any]]) -> None:
+        entries = [
+            {
+                "Source": EVENT_SOURCE,
+                "DetailType": detail_type,
+                "Detail": json.dumps(detail, separators=(",", ":")),
+                "EventBusName": self.bus_name,
+            }
+            for detail in details
+        ]
+        for start in range(0, len(entries), _BATCH):
+            response = self.client.put_events(Entries=entries[start : start + _BATCH])  # type: ignore[arg-type]
+            if response.get("FailedEntryCount"):
+                codes = {e.get("ErrorCode") for e in response["Entries"] if e.get("ErrorCode")}
+                raise EventPublishError(
+                    f"EventBridge refused {response['FailedEntryCount']} entries: {codes}"
+                )

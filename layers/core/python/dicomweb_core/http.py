@@ -1,0 +1,80 @@
+"""The one place that turns results and errors into HTTP API (payload v2) responses."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
+
+from dicomweb_core.errors import BadRequest, DicomWebError
+from dicomweb_core.observability import logger
+
+DICOM_JSON = "application/dicom+json"
+PROBLEM_JSON = "application/json"
+SERVICE_NAME = "dicomweb"
+
+
+def request_body(event: APIGatewayProxyEventV2) -> bytes:
+    """The raw request body. Binary bodies arrive base64-encoded in payload v2 events;
+    they are decoded here, never through a text codec."""
+    body = event.get("body") or ""
+    if not event.get("isBase64Encoded"):
+        return body.encode("utf-8")
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("The request body is not valid base64.") from None
+
+
+def base_url(event: APIGatewayProxyEventV2, configured: str) -> str:
+    """The public DICOMweb root: the configured one, else the API's own domain."""
+    if configured:
+        return configured
+    domain = event.get("requestContext", {}).get("domainName") or "localhost"
+    return f"https://{domain}"
+
+
+def header(event: APIGatewayProxyEventV2, name: str) -> str | None:
+    headers: Mapping[str, str] = event.get("headers") or {}
+    return headers.get(name.lower())
+
+
+def warning_value(text: str) -> str:
+    """A ``Warning: 299`` header value (PS3.18 §8.3.4.3) that cannot inject headers."""
+    safe = "".join(ch if 32 <= ord(ch) < 127 and ch != '"' else " " for ch in text)
+    return f'299 {SERVICE_NAME} "{safe[:200]}"'
+
+
+def dicom_json_response(
+    status: HTTPStatus, payload: Any, *, headers: Mapping[str, str | list[str]] | None = None
+) -> Response[str]:
+    return Response(
+        status_code=int(status),
+        content_type=DICOM_JSON,
+        body=json.dumps(payload, separators=(",", ":")),
+        headers=dict(headers or {}),
+    )
+
+
+def error_response(error: DicomWebError) -> Response[str]:
+    """Map a :class:`DicomWebError` to its status and a JSON body a person can act on."""
+    status = error.status
+    if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        logger.error("request failed", extra={"status": int(status), "error": error.message})
+    else:
+        logger.info("request refused", extra={"status": int(status), "error": error.message})
+    body: dict[str, Any] = {"status": int(status), "error": status.phrase, "message": error.message}
+    if error.failure_reason is not None:
+        body["failureReason"] = error.failure_reason
+    return Response(status_code=int(status), content_type=PROBLEM_JSON, body=json.dumps(body))
+
+
+def unexpected_error_response(error: Exception) -> Response[str]:
+    logger.exception("unexpected error")
+    return error_response(DicomWebError("An internal error occurred; it has been logged."))

@@ -1,0 +1,1 @@
+"""The DynamoDB index: pynamodb models (one table) and the transactional writer."""

@@ -1,0 +1,284 @@
+"""STOW-RS: store instances (PS3.18 §10.5) and answer with the Store Instances Response.
+
+The write path per instance: validate, S3 first (with its SHA-256), then the index in
+one transaction, then ``InstanceStored`` on the bus. A crash between S3 and the index
+leaves an unreferenced object version and no index items; the client's retry stores a
+new version and indexes it exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from dicomweb_core.config import DuplicatePolicy, Settings
+from dicomweb_core.errors import BadRequest, UnsupportedMediaType
+from dicomweb_core.events import INSTANCE_STORED, EventPublisher
+from dicomweb_core.failures import Failure, FailureReason, InstanceRejected, WarningReason
+from dicomweb_core.index.writer import AlreadyIndexed, ExistingInstance, IndexWriter, StoredObject
+from dicomweb_core.instance import ReceivedInstance, read_instance
+from dicomweb_core.mediatype import parse_media_type
+from dicomweb_core.multipart import boundary_of, split_parts
+from dicomweb_core.observability import logger
+from dicomweb_core.storage import InstanceStore, instance_key
+from dicomweb_core.uri import DicomWebURI
+
+DICOM = "application/dicom"
+MULTIPART_RELATED = "multipart/related"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    stored: StoredObject
+    warnings: tuple[WarningReason, ...] = ()
+
+
+@dataclass(slots=True)
+class StoreOutcome:
+    stored: list[StoredInstance] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def status(self) -> HTTPStatus:
+        """PS3.18 §10.5.3: 200 all stored, 202 some stored or warned, 409 none stored."""
+        if not self.stored:
+            return HTTPStatus.CONFLICT
+        if self.failures or any(s.warnings for s in self.stored):
+            return HTTPStatus.ACCEPTED
+        return HTTPStatus.OK
+
+
+def instance_payloads(content_type: str | None, body: bytes, *, settings: Settings) -> list[memoryview]:
+    """Split a STOW-RS request body into one Part 10 payload per instance.
+
+    Accepts ``multipart/related; type="application/dicom"`` (quoted or not) and, as many
+    senders use it, a single-part ``application/dicom`` body (PS3.18 §10.5.1).
+    """
+    if not content_type:
+        raise UnsupportedMediaType(
+            'Content-Type is missing; send multipart/related; type="application/dicom".'
+        )
+    media_type = parse_media_type(content_type)
+    if media_type.type == DICOM:
+        if not body:
+            raise BadRequest("The request body is empty.")
+        return [memoryview(body)]
+    if media_type.type != MULTIPART_RELATED:
+        raise UnsupportedMediaType(
+            f'Content-Type {media_type.type} is not supported; send multipart/related; type="{DICOM}" '
+            f"or {DICOM}."
+        )
+    _check_part_type(media_type.param("type"))
+    parts = split_parts(
+        memoryview(body),
+        boundary_of(media_type),
+        max_parts=settings.limits.max_parts,
+        max_header_bytes=settings.limits.max_part_header_bytes,
+    )
+    payloads = []
+    for number, part in enumerate(parts, start=1):
+        part_type = part.content_type
+        if part_type is not None and part_type.type != DICOM:
+            raise UnsupportedMediaType(
+                f"Part {number} has Content-Type {part_type.type}; every part must be {DICOM}."
+            )
+        payloads.append(part.body)
+    return payloads
+
+
+def _check_part_type(type_param: str | None) -> None:
+    if type_param is None or type_param.lower() == DICOM:
+        return
+    raise UnsupportedMediaType(
+        f"The multipart/related type parameter is not supported: this server stores Part 10 instances, "
+        f'send type="{DICOM}" (PS3.18 §10.5.1).'
+    )
+
+
+class StowService:
+    """Stores a request's instances one by one; a bad instance never affects the others."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: InstanceStore,
+        index: IndexWriter,
+        events: EventPublisher,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.index = index
+        self.events = events
+
+    def store_all(self, payloads: Sequence[memoryview], *, study: str | None) -> StoreOutcome:
+        outcome = StoreOutcome()
+        for payload in payloads:
+            try:
+                outcome.stored.append(self.store_one(payload, study=study))
+            except InstanceRejected as rejected:
+                outcome.failures.append(rejected.failure)
+        self._publish(outcome.stored)
+        return outcome
+
+    def store_one(self, payload: memoryview, *, study: str | None) -> StoredInstance:
+        instance = read_instance(payload, limits=self.settings.limits)
+        if study is not None and instance.study_instance_uid != study:
+            raise InstanceRejected(
+                FailureReason.STUDY_UID_MISMATCH,
+                "the instance's StudyInstanceUID differs from the study in the request URL.",
+                sop_class_uid=instance.sop_class_uid,
+                sop_instance_uid=instance.sop_instance_uid,
+            )
+        try:
+            return self._write(instance)
+        except InstanceRejected:
+            raise
+        except Exception:
+            logger.exception(
+                "storing an instance failed", extra={"sop_instance_uid": instance.sop_instance_uid}
+            )
+            raise InstanceRejected(
+                FailureReason.PROCESSING_FAILURE,
+                "the instance could not be stored because of a server-side error; nothing was kept, retry.",
+                sop_class_uid=instance.sop_class_uid,
+                sop_instance_uid=instance.sop_instance_uid,
+            ) from None
+
+    def _write(self, instance: ReceivedInstance) -> StoredInstance:
+        existing = self.index.find(instance.sop_instance_uid)
+        if existing is not None:
+            return self._store_duplicate(instance, existing)
+        stored = self._put(instance)
+        try:
+            self.index.add(instance, stored)
+        except AlreadyIndexed as race:
+            # Another request indexed this SOP Instance UID after our lookup: our S3
+            # version is referenced by nothing, so remove it before deciding.
+            self._discard(stored)
+            return self._store_duplicate(instance, race.existing)
+        return _stored(instance, stored)
+
+    def _store_duplicate(self, instance: ReceivedInstance, existing: ExistingInstance) -> StoredInstance:
+        """A SOP Instance UID already stored: identical bytes succeed, others follow the policy."""
+        if existing.same_content(instance):
+            return _stored(instance, existing.stored)
+        same_place = (existing.study_uid, existing.series_uid) == (
+            instance.study_instance_uid,
+            instance.series_instance_uid,
+        )
+        if self.settings.duplicate_policy is DuplicatePolicy.OVERWRITE and same_place:
+            stored = self._put(instance)
+            self.index.replace(instance, stored, existing)
+            return _stored(instance, stored)
+        reason = "" if same_place else " in another study or series"
+        raise InstanceRejected(
+            FailureReason.DUPLICATE_SOP_INSTANCE,
+            f"an instance with this SOP Instance UID is already stored{reason} with different content; "
+            "the stored instance was kept.",
+            sop_class_uid=instance.sop_class_uid,
+            sop_instance_uid=instance.sop_instance_uid,
+        )
+
+    def _put(self, instance: ReceivedInstance) -> StoredObject:
+        key = instance_key(
+            instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
+        )
+        version_id = self.store.put(key, instance.data, sha256_hex=instance.sha256)
+        return StoredObject(key, version_id, instance.sha256, instance.size)
+
+    def _discard(self, stored: StoredObject) -> None:
+        if stored.version_id is None:
+            return
+        try:
+            self.store.delete_version(stored.key, stored.version_id)
+        except Exception:
+            logger.exception("could not remove an unreferenced object version", extra={"key": stored.key})
+
+    def _publish(self, stored: Sequence[StoredInstance]) -> None:
+        """Publish ``InstanceStored`` after the index committed (at least once per store)."""
+        if not stored:
+            return
+        details = [
+            {
+                "studyInstanceUID": s.study_instance_uid,
+                "seriesInstanceUID": s.series_instance_uid,
+                "sopInstanceUID": s.sop_instance_uid,
+                "sopClassUID": s.sop_class_uid,
+                "modality": s.modality,
+                "bucket": self.settings.bucket_name,
+                "s3Key": s.stored.key,
+                "s3VersionId": s.stored.version_id,
+                "size": s.stored.size,
+            }
+            for s in stored
+        ]
+        try:
+            self.events.publish(INSTANCE_STORED, details)
+        except Exception:
+            logger.exception("publishing InstanceStored failed", extra={"count": len(details)})
+
+
+def _stored(instance: ReceivedInstance, stored: StoredObject) -> StoredInstance:
+    return StoredInstance(
+        sop_class_uid=instance.sop_class_uid,
+        sop_instance_uid=instance.sop_instance_uid,
+        study_instance_uid=instance.study_instance_uid,
+        series_instance_uid=instance.series_instance_uid,
+        modality=instance.modality,
+        stored=stored,
+    )
+
+
+def store_response(outcome: StoreOutcome, *, base_url: str, study: str | None) -> dict[str, Any]:
+    """The Store Instances Response Module (PS3.18 §10.5.3, Table 10.5.3-1) as DICOM JSON."""
+    response = Dataset()
+    studies = {s.study_instance_uid for s in outcome.stored}
+    retrieve_study = study or (next(iter(studies)) if len(studies) == 1 else None)
+    if retrieve_study is not None:
+        response.RetrieveURL = DicomWebURI(base_url, study=retrieve_study).url
+    if outcome.stored:
+        response.ReferencedSOPSequence = [_referenced_item(s, base_url) for s in outcome.stored]
+    with_uids = [f for f in outcome.failures if f.sop_instance_uid]
+    without_uids = [f for f in outcome.failures if not f.sop_instance_uid]
+    if with_uids:
+        response.FailedSOPSequence = [_failed_item(f) for f in with_uids]
+    if without_uids:
+        response.OtherFailuresSequence = [_failed_item(f) for f in without_uids]
+    return response.to_json_dict()
+
+
+def _referenced_item(stored: StoredInstance, base_url: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = stored.sop_class_uid
+    item.ReferencedSOPInstanceUID = stored.sop_instance_uid
+    item.RetrieveURL = DicomWebURI(
+        base_url,
+        study=stored.study_instance_uid,
+        series=stored.series_instance_uid,
+        instance=stored.sop_instance_uid,
+    ).url
+    if stored.warnings:
+        item.WarningReason = int(stored.warnings[0])
+    return item
+
+
+def _failed_item(failure: Failure) -> Dataset:
+    item = Dataset()
+    if failure.sop_class_uid:
+        item.ReferencedSOPClassUID = failure.sop_class_uid
+    if failure.sop_instance_uid:
+        item.ReferencedSOPInstanceUID = failure.sop_instance_uid
+    item.FailureReason = int(failure.reason)
+    # Error Comment (0000,0902) carries the reason in words, as in a DIMSE status.
+    item.ErrorComment = failure.message[:64]
+    return item

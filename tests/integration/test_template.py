@@ -1,0 +1,266 @@
+"""template.yaml: lint, validate, build and security invariants.
+
+Everything is read from the template through infra.samtemplate, so adding a function,
+route, bucket or table is checked without touching this file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.samtemplate import REPO_ROOT, TEMPLATE_PATH, Route, load_template
+
+VENV_BIN = Path(sys.executable).parent
+# cfn-lint exit code is a bit mask: 2 errors, 4 warnings, 8 informational (1 is a crash).
+CFN_LINT_ERROR_BITS = 1 | 2
+READ_ONLY_VERBS = ("Get", "List", "Describe", "BatchGet", "Query", "Scan", "Head")
+LAYER_PACKAGES = ("dicomweb_core/__init__.py", "pydicom", "pynamodb", "aws_lambda_powertools")
+LAMBDA_EXTENSION_SUFFIX = ".cpython-312-x86_64-linux-gnu.so"
+
+TEMPLATE = load_template()
+
+
+def _tool(name: str) -> str:
+    path = VENV_BIN / name
+    assert path.is_file(), f"{name} is not installed next to {sys.executable}"
+    return str(path)
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SAM_CLI_TELEMETRY": "0",
+        # The makefiles call python3 -m pip: use the venv's, which has pip and the shared cache.
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    return subprocess.run(
+        args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# ---------------------------------------------------------------- lint, validate, build
+
+
+def test_cfn_lint_reports_no_errors() -> None:
+    # Given the template and cfn-lint from the venv
+    cfn_lint = _tool("cfn-lint")
+
+    # When it is linted
+    result = _run(cfn_lint, "--", str(TEMPLATE_PATH))
+
+    # Then no error is reported
+    assert result.returncode & CFN_LINT_ERROR_BITS == 0, result.stdout + result.stderr
+
+
+def test_sam_validate_lint_passes() -> None:
+    # Given the template and the SAM CLI from the venv
+    sam = _tool("sam")
+
+    # When SAM validates it with its linter
+    result = _run(sam, "validate", "--lint", "--template", str(TEMPLATE_PATH))
+
+    # Then it is valid
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_sam_build_produces_functions_and_core_layer(tmp_path: Path) -> None:
+    # Given the sources every function and layer is built from (missing ones fail, never skip)
+    functions = TEMPLATE.functions()
+    layers = TEMPLATE.layer_dirs()
+    assert functions and layers
+    for spec in functions.values():
+        module = spec.handler.rsplit(".", 1)[0].replace(".", "/") + ".py"
+        assert (spec.code_uri / module).is_file(), f"{spec.logical_id}: {module} missing in {spec.code_uri}"
+    for layer_dir in layers.values():
+        assert (layer_dir / "python/dicomweb_core/__init__.py").is_file()
+    build_dir = tmp_path / "build"
+
+    # When sam build runs the makefiles into a temporary build dir
+    result = _run(
+        _tool("sam"),
+        "build",
+        "--template",
+        str(TEMPLATE_PATH),
+        "--build-dir",
+        str(build_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        timeout=300,
+    )
+
+    # Then it succeeds
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (build_dir / "template.yaml").is_file()
+    # And each function's artifact holds its handler module
+    for name, spec in functions.items():
+        module = spec.handler.rsplit(".", 1)[0].replace(".", "/") + ".py"
+        assert (build_dir / name / module).is_file(), f"{name}: {module} not built"
+    # And each layer holds dicomweb_core and its dependencies, built for Lambda's python3.12 x86_64
+    for name in layers:
+        python = build_dir / name / "python"
+        for package in LAYER_PACKAGES:
+            assert (python / package).exists(), f"{name}: python/{package} not built"
+        extensions = [p.name for p in python.rglob("*.so") if ".cpython-" in p.name]
+        wrong = [so for so in extensions if not so.endswith(LAMBDA_EXTENSION_SUFFIX)]
+        assert not wrong, f"{name}: extension modules not built for the Lambda runtime: {wrong}"
+
+
+# ---------------------------------------------------------------- API auth and CORS
+
+
+@pytest.mark.parametrize("route", TEMPLATE.routes(), ids=lambda r: r.route_key)
+def test_every_route_has_an_authorizer_and_a_scope(route: Route) -> None:
+    # Given a route of the HTTP API and the authorizers and OAuth scopes the template defines
+    authorizers = TEMPLATE.http_api().get("Auth", {}).get("Authorizers", {})
+    defined_scopes = {
+        f"{server['Properties']['Identifier']}/{scope['ScopeName']}"
+        for server in TEMPLATE.resources_of_type("AWS::Cognito::UserPoolResourceServer").values()
+        for scope in server["Properties"].get("Scopes", [])
+    }
+
+    # When its authorization is read
+    authorizer, scopes = route.authorizer, set(route.scopes)
+
+    # Then it names a JWT authorizer of the API and at least one defined scope
+    assert authorizer in authorizers, f"{route.route_key}: no authorizer"
+    assert "JwtConfiguration" in authorizers[authorizer]
+    assert scopes, f"{route.route_key}: no authorization scope"
+    assert scopes <= defined_scopes, f"{route.route_key}: undefined scopes {scopes - defined_scopes}"
+
+
+def test_the_api_has_routes() -> None:
+    # Given / When the routes are read
+    routes = TEMPLATE.routes()
+
+    # Then there is at least one, and no method and path is declared twice
+    assert routes
+    assert len({r.route_key for r in routes}) == len(routes)
+
+
+def test_cors_exposes_dicomweb_headers_and_allows_auth_headers() -> None:
+    # Given the HTTP API's CORS configuration
+    cors = TEMPLATE.http_api()["CorsConfiguration"]
+
+    # When its header lists are read (header names are case-insensitive)
+    exposed = {h.lower() for h in cors.get("ExposeHeaders", [])}
+    allowed = {h.lower() for h in cors.get("AllowHeaders", [])}
+
+    # Then the headers DICOMweb clients read are exposed and the request headers they send allowed
+    assert {"warning", "etag", "content-location", "location"} <= exposed
+    assert {"authorization", "accept", "content-type"} <= allowed
+    # And the default origins are not a wildcard (requests carry bearer tokens)
+    origins = cors["AllowOrigins"]
+    if isinstance(origins, Mapping) and "Ref" in origins:
+        origins = str(TEMPLATE.parameter_default(origins["Ref"])).split(",")
+    assert "*" not in [o.strip() for o in _as_list(origins)]
+
+
+# ---------------------------------------------------------------- data at rest
+
+
+def _buckets() -> dict[str, Mapping[str, Any]]:
+    return TEMPLATE.resources_of_type("AWS::S3::Bucket")
+
+
+def _policy_statements_for(bucket: str) -> Iterator[Mapping[str, Any]]:
+    for policy in TEMPLATE.resources_of_type("AWS::S3::BucketPolicy").values():
+        props = policy["Properties"]
+        if props["Bucket"] == {"Ref": bucket}:
+            yield from _as_list(props["PolicyDocument"]["Statement"])
+
+
+@pytest.mark.parametrize("name", sorted(_buckets()))
+def test_bucket_is_versioned_encrypted_private_and_tls_only(name: str) -> None:
+    # Given a bucket of the template
+    props = _buckets()[name]["Properties"]
+
+    # When its protection settings and bucket policy are read
+    encryption = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    public_block = props["PublicAccessBlockConfiguration"]
+    statements = list(_policy_statements_for(name))
+
+    # Then it keeps versions, encrypts by default and blocks every kind of public access
+    assert props["VersioningConfiguration"]["Status"] == "Enabled"
+    assert encryption
+    assert all(rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] for rule in encryption)
+    for flag in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"):
+        assert public_block.get(flag) is True, f"{name}: {flag} is not true"
+    # And its policy denies any request made without TLS, on the bucket and its objects
+    tls_denials = [
+        s
+        for s in statements
+        if s["Effect"] == "Deny"
+        and str(s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport")).lower() == "false"
+    ]
+    assert tls_denials, f"{name}: no policy statement denies aws:SecureTransport=false"
+    denial = tls_denials[0]
+    assert denial["Principal"] == "*"
+    assert "s3:*" in _as_list(denial["Action"])
+    assert len(_as_list(denial["Resource"])) >= 2, "deny must cover the bucket and its objects"
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE.resources_of_type("AWS::DynamoDB::Table")))
+def test_table_is_on_demand_with_pitr_and_encryption(name: str) -> None:
+    # Given a DynamoDB table of the template
+    props = TEMPLATE.resources_of_type("AWS::DynamoDB::Table")[name]["Properties"]
+
+    # When its billing and protection settings are read
+    billing = props.get("BillingMode")
+    pitr = props.get("PointInTimeRecoverySpecification", {})
+    sse = props.get("SSESpecification", {})
+
+    # Then it is on demand, point-in-time recoverable and encrypted
+    assert billing == "PAY_PER_REQUEST"
+    assert pitr.get("PointInTimeRecoveryEnabled") is True
+    assert sse.get("SSEEnabled") is True
+
+
+# ---------------------------------------------------------------- least privilege
+
+
+def _is_write(action: str) -> bool:
+    verb = action.split(":", 1)[-1]
+    return "*" in verb or not verb.startswith(READ_ONLY_VERBS)
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE.functions()))
+def test_function_policies_scope_write_actions_to_resources(name: str) -> None:
+    # Given a function's IAM policies
+    props = TEMPLATE.resources[name]["Properties"]
+    policies = _as_list(props.get("Policies", []))
+
+    # When every inline statement is inspected
+    statements = []
+    for policy in policies:
+        assert isinstance(policy, Mapping), f"{name}: managed policy {policy!r} is not resource-scoped"
+        if "Statement" in policy:
+            statements.extend(_as_list(policy["Statement"]))
+        else:  # a SAM policy template, e.g. {DynamoDBCrudPolicy: {TableName: ...}}
+            assert all(params for params in policy.values()), f"{name}: unscoped policy template {policy}"
+
+    # Then no statement allows a write action on every resource
+    for statement in statements:
+        if statement.get("Effect") != "Allow":
+            continue
+        resources = _as_list(statement.get("Resource", "*"))
+        writes = [a for a in _as_list(statement.get("Action", [])) if _is_write(a)]
+        if "NotAction" in statement:  # allows everything but the listed actions
+            writes.append(f"NotAction {statement['NotAction']}")
+        assert resources, f"{name}: statement without resources: {statement}"
+        assert not (writes and "*" in resources), f"{name}: {writes} allowed on Resource '*'"
