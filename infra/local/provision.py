@@ -35,7 +35,7 @@ class Stack:
 
     template: Template
     region: str
-    endpoint_url: str
+    endpoint_url: str | None
     parameters: dict[str, str]
     physical_ids: dict[str, str] = field(default_factory=dict)
     attributes: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -130,7 +130,7 @@ def parameter_values(template: Template, overrides: Mapping[str, str]) -> dict[s
     return values
 
 
-def provision(template: Template, *, endpoint_url: str, region: str, overrides: Mapping[str, str]) -> Stack:
+def provision(template: Template, *, endpoint_url: str | None, region: str, overrides: Mapping[str, str]) -> Stack:
     """Create (or find, after a restore) every supported resource of the template in moto."""
     stack = Stack(template, region, endpoint_url, parameter_values(template, overrides))
     for kind, create in _CREATORS:

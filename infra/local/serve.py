@@ -35,6 +35,7 @@ from infra.local.auth import (
 )
 from infra.local.gateway import CorsPolicy, Gateway, make_server
 from infra.local.loader import load_folder
+from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import ACCOUNT_ID, provision
 from infra.local.workers import FunctionConfig, FunctionPool
 from infra.samtemplate import Template, load_template
@@ -108,6 +109,7 @@ class LocalStack:
         os.environ.update(_AWS_ENV)
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.options.local_dir.mkdir(parents=True, exist_ok=True)
+        serialise_dynamodb()
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.moto.start()
         _, moto_port = self.moto.get_host_and_port()
