@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -78,11 +78,11 @@ class Template:
 
     @property
     def resources(self) -> Mapping[str, Any]:
-        return self.raw["Resources"]
+        return cast(Mapping[str, Any], self.raw["Resources"])
 
     @property
     def parameters(self) -> Mapping[str, Any]:
-        return self.raw.get("Parameters", {})
+        return cast(Mapping[str, Any], self.raw.get("Parameters", {}))
 
     def resources_of_type(self, resource_type: str) -> dict[str, Mapping[str, Any]]:
         return {name: res for name, res in self.resources.items() if res["Type"] == resource_type}
@@ -92,7 +92,7 @@ class Template:
 
     @property
     def global_function(self) -> Mapping[str, Any]:
-        return self.raw.get("Globals", {}).get("Function", {})
+        return cast(Mapping[str, Any], self.raw.get("Globals", {}).get("Function", {}))
 
     def functions(self) -> dict[str, FunctionSpec]:
         globals_ = self.global_function
@@ -121,7 +121,7 @@ class Template:
 
     def http_api(self) -> Mapping[str, Any]:
         (api,) = self.resources_of_type("AWS::Serverless::HttpApi").values()
-        return api["Properties"]
+        return cast(Mapping[str, Any], api["Properties"])
 
     def routes(self) -> list[Route]:
         default_authorizer = self.http_api().get("Auth", {}).get("DefaultAuthorizer")

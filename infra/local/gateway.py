@@ -288,15 +288,15 @@ class Gateway:
 def _http_response(result: Any) -> GatewayResponse:
     """Map a payload-v2 Lambda result to HTTP, as API Gateway does."""
     if not isinstance(result, dict) or "statusCode" not in result:
-        body = result if isinstance(result, str) else json.dumps(result)
-        return GatewayResponse(200, {"content-type": "application/json"}, body.encode())
+        text = result if isinstance(result, str) else json.dumps(result)
+        return GatewayResponse(200, {"content-type": "application/json"}, text.encode())
     headers = {k.lower(): str(v) for k, v in (result.get("headers") or {}).items()}
     for name, values in (result.get("multiValueHeaders") or {}).items():
         headers[name.lower()] = ", ".join(str(v) for v in values)
     if result.get("cookies"):
         headers["set-cookie"] = "; ".join(result["cookies"])
-    raw = result.get("body") or ""
-    body = base64.b64decode(raw) if result.get("isBase64Encoded") else str(raw).encode("utf-8")
+    raw = str(result.get("body") or "")
+    body = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode("utf-8")
     headers.setdefault("content-type", "application/json")
     return GatewayResponse(int(result["statusCode"]), headers, body)
 
@@ -308,7 +308,8 @@ class _RequestTooLarge(Exception):
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
     """Read a Content-Length or chunked body, never more than the API's payload limit."""
     if handler.headers.get("transfer-encoding", "").lower() == "chunked":
-        chunks, total = [], 0
+        chunks: list[bytes] = []
+        total = 0
         while True:
             size_line = handler.rfile.readline(1024)
             size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)

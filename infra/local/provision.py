@@ -41,7 +41,7 @@ class Stack:
     attributes: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region)
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region)  # type: ignore[call-overload]
 
     # ------------------------------------------------------------ intrinsic functions
     def resolve(self, value: Any) -> Any:
@@ -130,7 +130,9 @@ def parameter_values(template: Template, overrides: Mapping[str, str]) -> dict[s
     return values
 
 
-def provision(template: Template, *, endpoint_url: str | None, region: str, overrides: Mapping[str, str]) -> Stack:
+def provision(
+    template: Template, *, endpoint_url: str | None, region: str, overrides: Mapping[str, str]
+) -> Stack:
     """Create (or find, after a restore) every supported resource of the template in moto."""
     stack = Stack(template, region, endpoint_url, parameter_values(template, overrides))
     for kind, create in _CREATORS:

@@ -60,9 +60,13 @@ class _StatePickler(pickle.Pickler):
         return NotImplemented
 
 
+def _backend(name: str) -> Any:
+    return get_backend(name)  # type: ignore[call-overload]
+
+
 def save(path: Path) -> None:
     buffer = io.BytesIO()
-    state = {name: dict(get_backend(name)) for name in SERVICES}  # type: ignore[call-overload]
+    state = {name: dict(_backend(name)) for name in SERVICES}
     _StatePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump({"version": FORMAT_VERSION, "state": state})
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
@@ -82,7 +86,7 @@ def load(path: Path) -> bool:
     if snapshot.get("version") != FORMAT_VERSION:
         raise RuntimeError(f"{path} was written by another version of the local runtime; move it away")
     for name, accounts in snapshot["state"].items():
-        live = get_backend(name)  # type: ignore[call-overload]
+        live = _backend(name)
         live.clear()
         live.update(accounts)
     return True

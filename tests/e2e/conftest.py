@@ -204,7 +204,9 @@ def start_runtime(local_dir: Path, port: int | None = None) -> Runtime:
                 pass  # still being written
         if process.poll() is not None:
             log.close()
-            pytest.fail(f"the runtime exited with {process.returncode} before it was ready:\n{runtime.log_tail()}")
+            pytest.fail(
+                f"the runtime exited with {process.returncode} before it was ready:\n{runtime.log_tail()}"
+            )
         if time.monotonic() > deadline:
             runtime.stop()
             pytest.fail(f"the runtime was not ready within {START_TIMEOUT_S:.0f} s:\n{runtime.log_tail()}")

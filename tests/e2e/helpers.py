@@ -13,9 +13,9 @@ import pydicom
 import requests
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
-    PYDICOM_IMPLEMENTATION_UID,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -176,7 +176,9 @@ def make_dataset(
     return ds
 
 
-def encode(ds: Dataset, *, transfer_syntax: str = ExplicitVRLittleEndian, preamble: bytes | None = None) -> bytes:
+def encode(
+    ds: Dataset, *, transfer_syntax: str = ExplicitVRLittleEndian, preamble: bytes | None = None
+) -> bytes:
     """Write ``ds`` as a Part 10 file with complete File Meta Information."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID

@@ -229,7 +229,9 @@ def test_every_object_is_in_s3_as_sent_with_the_preamble_zeroed(runtime: Runtime
     # Then it is under studies/{st}/series/{se}/instances/{sop}.dcm, byte-identical but for the preamble
     listed = {
         obj["Key"]
-        for page in runtime.s3.get_paginator("list_objects_v2").paginate(Bucket=runtime.bucket, Prefix="studies/")
+        for page in runtime.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=runtime.bucket, Prefix="studies/"
+        )
         for obj in page.get("Contents", [])
     }
     missing = [f.path.name for f in files if f.key not in listed]

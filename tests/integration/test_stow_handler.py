@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dicomweb_core import config
-from dicomweb_core.index.models import StudyItem, bind_table
+from dicomweb_core.index.models import StudyItem, bind_table, key_schema
 from infra.local.provision import provision
 from infra.samtemplate import REPO_ROOT, load_template
 
@@ -95,7 +95,9 @@ def test_multipart_sample_event_stores_both_into_the_study(stow: ModuleType) -> 
     ],
     ids=["wrong-type", "xml-metadata-stow", "malformed-multipart", "not-dicom"],
 )
-def test_bad_requests_get_clear_answers(stow: ModuleType, content_type: str, body: bytes, status: int) -> None:
+def test_bad_requests_get_clear_answers(
+    stow: ModuleType, content_type: str, body: bytes, status: int
+) -> None:
     event = sample("stow-single-part.json")
     event["headers"]["content-type"] = content_type
     event["body"] = base64.b64encode(body).decode()
@@ -127,10 +129,6 @@ def test_layer_requirements_pin_what_the_core_imports() -> None:
 
 
 def test_index_models_match_the_template_table() -> None:
-    from dicomweb_core.index.models import key_schema
-
     (table,) = load_template().resources_of_type("AWS::DynamoDB::Table").values()
     keys = {k["KeyType"]: k["AttributeName"] for k in table["Properties"]["KeySchema"]}
     assert keys == {"HASH": key_schema()["hash_key"], "RANGE": key_schema()["range_key"]}
-
-

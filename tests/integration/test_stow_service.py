@@ -50,7 +50,9 @@ class Env:
         sqs = boto3.client("sqs")
         found = []
         while True:
-            messages = sqs.receive_message(QueueUrl=self.event_queue, MaxNumberOfMessages=10).get("Messages", [])
+            messages = sqs.receive_message(QueueUrl=self.event_queue, MaxNumberOfMessages=10).get(
+                "Messages", []
+            )
             if not messages:
                 return found
             for message in messages:
@@ -73,8 +75,12 @@ def env(aws: None) -> Iterator[Env]:
     sqs, events = boto3.client("sqs"), boto3.client("events")
     queue = sqs.create_queue(QueueName="captured-events")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="capture", EventBusName=settings.event_bus_name, EventPattern='{"source":["dicomweb"]}')
-    events.put_targets(Rule="capture", EventBusName=settings.event_bus_name, Targets=[{"Id": "q", "Arn": arn}])
+    events.put_rule(
+        Name="capture", EventBusName=settings.event_bus_name, EventPattern='{"source":["dicomweb"]}'
+    )
+    events.put_targets(
+        Rule="capture", EventBusName=settings.event_bus_name, Targets=[{"Id": "q", "Arn": arn}]
+    )
     service = StowService(
         settings=settings,
         store=S3InstanceStore(settings.bucket_name),
@@ -247,7 +253,9 @@ def test_crash_after_commit_is_repaired_by_the_retry(env: Env, monkeypatch: pyte
     assert [e["detail"]["sopInstanceUID"] for e in env.events()] == [ds.SOPInstanceUID]
 
 
-def test_stale_existence_read_is_retried_not_double_counted(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stale_existence_read_is_retried_not_double_counted(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given a series created by a concurrent request after our existence check
     study, series = new_uid(), new_uid()
     env.service.store_all([memoryview(make_instance(study=study, series=series))], study=None)
@@ -269,7 +277,9 @@ def test_stale_existence_read_is_retried_not_double_counted(env: Env, monkeypatc
     assert series_count(study, series) == 2
 
 
-def test_losing_a_duplicate_race_discards_the_orphan_version(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_losing_a_duplicate_race_discards_the_orphan_version(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given a stored instance, and a lookup that does not see it yet (a concurrent request)
     original = make_dataset()
     env.service.store_all([memoryview(to_part10(original))], study=None)

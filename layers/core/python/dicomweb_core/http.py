@@ -36,7 +36,7 @@ def base_url(event: APIGatewayProxyEventV2, configured: str) -> str:
     """The public DICOMweb root: the configured one, else the API's own domain."""
     if configured:
         return configured
-    domain = event.get("requestContext", {}).get("domainName") or "localhost"
+    domain = (event.get("requestContext") or {}).get("domainName") or "localhost"
     return f"https://{domain}"
 
 

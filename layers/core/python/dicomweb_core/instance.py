@@ -237,7 +237,7 @@ def _file_meta_end(data: bytes) -> int:
             FailureReason.CANNOT_UNDERSTAND, "the File Meta Information Group Length (0002,0000) is missing."
         )
     (group_length,) = struct.unpack_from("<I", data, offset + 8)
-    return offset + 12 + group_length
+    return offset + 12 + int(group_length)
 
 
 def _parse(stored: bytes) -> Dataset:

@@ -114,7 +114,8 @@ MODELS: tuple[type[IndexItem], ...] = (StudyItem, SeriesItem, InstanceItem, SopI
 
 def bind_table(table_name: str, *, region: str | None = None) -> None:
     """Point every model at ``table_name`` (tests and the local runtime call this)."""
-    for model in (IndexItem, *MODELS):
+    models: tuple[type[IndexItem], ...] = (IndexItem, *MODELS)
+    for model in models:
         model.Meta.table_name = table_name
         if region:
             model.Meta.region = region
@@ -124,6 +125,6 @@ def bind_table(table_name: str, *, region: str | None = None) -> None:
 def key_schema() -> dict[str, Any]:
     """The table's key schema as the models define it (tests compare it with template.yaml)."""
     return {
-        "hash_key": IndexItem._hash_key_attribute().attr_name,
-        "range_key": IndexItem._range_key_attribute().attr_name,
+        "hash_key": IndexItem.pk.attr_name,
+        "range_key": IndexItem.sk.attr_name,
     }

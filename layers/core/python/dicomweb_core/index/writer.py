@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 
+from pynamodb.attributes import UnicodeAttribute
 from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError
+from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from dicomweb_core.index.models import IndexItem, InstanceItem, SeriesItem, SopItem, StudyItem
@@ -124,7 +126,7 @@ class IndexWriter:
                 sop,
                 actions=[
                     SopItem.s3_key.set(stored.key),
-                    SopItem.s3_version_id.set(stored.version_id),
+                    _set_or_remove(SopItem.s3_version_id, stored.version_id),
                     SopItem.sha256.set(stored.sha256),
                     SopItem.size.set(stored.size),
                     SopItem.sop_class_uid.set(instance.sop_class_uid),
@@ -164,7 +166,7 @@ class IndexWriter:
                     condition=SeriesItem.pk.does_not_exist(),
                 )
             if study_exists:
-                actions = [
+                actions: list[Action] = [
                     StudyItem.instance_count.add(1),
                     StudyItem.series_count.add(0 if series_exists else 1),
                     StudyItem.updated_at.set(now),
@@ -218,6 +220,10 @@ def _instance_item(instance: ReceivedInstance, stored: StoredObject, now: dateti
         size=stored.size,
         updated_at=now,
     )
+
+
+def _set_or_remove(attribute: UnicodeAttribute, value: str | None) -> Action:
+    return attribute.set(value) if value is not None else attribute.remove()
 
 
 def _exists(model: type[StudyItem] | type[SeriesItem], key: tuple[str, str]) -> bool:
