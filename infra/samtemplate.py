@@ -123,6 +123,12 @@ class Template:
         (api,) = self.resources_of_type("AWS::Serverless::HttpApi").values()
         return cast(Mapping[str, Any], api["Properties"])
 
+    def jwt_configuration(self, authorizer: str | None = None) -> Mapping[str, Any]:
+        """The JwtConfiguration (issuer, audience) of an HttpApi authorizer, unresolved."""
+        auth = self.http_api()["Auth"]
+        name = authorizer or auth["DefaultAuthorizer"]
+        return cast(Mapping[str, Any], auth["Authorizers"][name]["JwtConfiguration"])
+
     def routes(self) -> list[Route]:
         default_authorizer = self.http_api().get("Auth", {}).get("DefaultAuthorizer")
         routes = []

@@ -162,6 +162,12 @@ class Gateway:
         response.headers.setdefault("apigw-requestid", uuid.uuid4().hex[:16])
         return response
 
+    def reject(self, status: HTTPStatus, headers: Mapping[str, str]) -> GatewayResponse:
+        """A gateway-level error before routing (body too large, unreadable), with CORS."""
+        response = GatewayResponse.message(status)
+        response.headers.update(self.cors.response_headers(headers.get("origin")))
+        return response
+
     def _handle(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes, *, source_ip: str, host: str
     ) -> GatewayResponse:
@@ -341,13 +347,13 @@ def make_server(gateway: Gateway, host: str, port: int) -> ThreadingHTTPServer:
             try:
                 body = _read_body(self)
             except _RequestTooLarge:
-                response = GatewayResponse.message(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                response = gateway.reject(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, headers)
                 response.headers["connection"] = "close"
                 self.close_connection = True
                 self._send(response)
                 return
             except ValueError:
-                self._send(GatewayResponse.message(HTTPStatus.BAD_REQUEST))
+                self._send(gateway.reject(HTTPStatus.BAD_REQUEST, headers))
                 return
             response = gateway.handle(
                 self.command,

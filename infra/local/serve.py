@@ -124,10 +124,15 @@ class LocalStack:
         self._record_events()
         self.pools = {name: FunctionPool(config) for name, config in self._function_configs().items()}
         key = LocalSigningKey.load_or_create(self.options.local_dir / "signing-key.pem")
-        issuer_url = f"{self.base_url}/local-cognito/{self.stack.physical_ids['UserPool']}"
+        # The authorizer's issuer and audiences are the template's, resolved against moto's
+        # pool and clients: tokens carry the claims the cloud's would, whatever the port.
+        jwt_config = self.stack.resolve(self.template.jwt_configuration())
+        issuer_url = str(jwt_config["issuer"])
         client_ids = {role: self.stack.physical_ids[logical] for role, logical in ROLE_CLIENTS.items()}
         authorizer = (
-            JwtAuthorizer(issuer=issuer_url, audiences=list(client_ids.values()), jwks=key.jwks())
+            JwtAuthorizer(
+                issuer=issuer_url, audiences=[str(a) for a in jwt_config["audience"]], jwks=key.jwks()
+            )
             if self.options.auth
             else None
         )

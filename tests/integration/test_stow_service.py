@@ -259,16 +259,16 @@ def test_stale_existence_read_is_retried_not_double_counted(
     # Given a series created by a concurrent request after our existence check
     study, series = new_uid(), new_uid()
     env.service.store_all([memoryview(make_instance(study=study, series=series))], study=None)
-    real_exists = writer_module._exists
-    stale = {"left": 2}  # the first study and series reads are stale: "not there yet"
+    real_existing_keys = writer_module._existing_keys
+    stale = {"left": 1}  # the first read is stale: the study and series are "not there yet"
 
-    def stale_exists(model: Any, key: tuple[str, str]) -> bool:
+    def stale_existing_keys(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
         if stale["left"] > 0:
             stale["left"] -= 1
-            return False
-        return real_exists(model, key)
+            return set()
+        return real_existing_keys(keys)
 
-    monkeypatch.setattr(writer_module, "_exists", stale_exists)
+    monkeypatch.setattr(writer_module, "_existing_keys", stale_existing_keys)
     # When the second instance of that series is stored
     outcome = env.service.store_all([memoryview(make_instance(study=study, series=series))], study=None)
     # Then the cancelled transaction is retried and the aggregates are exact

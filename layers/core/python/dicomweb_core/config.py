@@ -28,7 +28,6 @@ class Limits:
     max_part_header_bytes: int = 16 * 1024
     max_sequence_depth: int = 32
     max_inflated_bytes: int = 256 * 1024 * 1024
-    max_inflation_ratio: int = 100
 
 
 @dataclass(frozen=True, slots=True)

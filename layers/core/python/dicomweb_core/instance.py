@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import VR
 
 from dicomweb_core.config import Limits
 from dicomweb_core.failures import FailureReason, InstanceRejected
@@ -34,6 +36,10 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA_TAG = 0x7FE00010
 # Explicit VR elements whose length field is 4 bytes (PS3.5 §7.1.2).
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+# The VRs pydicom reads as explicit; any other two bytes make it switch to implicit VR.
+_KNOWN_VRS = {vr.value.encode("ascii") for vr in VR if len(vr.value) == 2}
+_ELEMENT_HEADER_LENGTH = 8
+_EOF_BEFORE_DELIMITER = "End of file reached before delimiter"
 
 # Attributes the index keeps per level: what QIDO-RS returns and matches on
 # (PS3.18 Tables 10.6.3-3/4/5 and 10.6.1-5) plus a few that viewers list.
@@ -109,9 +115,9 @@ def read_instance(data: bytes | memoryview, *, limits: Limits) -> ReceivedInstan
     says what is wrong; the original UIDs are attached when they could be read.
     """
     stored = _zero_preamble(data)
-    transfer_syntax = _transfer_syntax_of(stored)
+    transfer_syntax, meta_end = _read_file_meta(stored)
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        _check_inflated_size(stored, limits=limits)
+        _check_inflated_size(stored, meta_end, limits=limits)
     dataset = _parse(stored)
     sop_class = _uid_or_none(dataset, "SOPClassUID")
     sop_instance = _uid_or_none(dataset, "SOPInstanceUID")
@@ -165,31 +171,54 @@ def _zero_preamble(data: bytes | memoryview) -> bytes:
     return bytes(PREAMBLE_LENGTH) + bytes(data[PREAMBLE_LENGTH:])
 
 
-def _transfer_syntax_of(data: bytes) -> str:
-    """Read (0002,0010) from the File Meta Information (always Explicit VR Little Endian)."""
+def _read_file_meta(data: bytes) -> tuple[str, int]:
+    """The Transfer Syntax UID (0002,0010) and the offset where the File Meta Information ends.
+
+    The group is always Explicit VR Little Endian (PS3.10 §7.1). The walk ends where pydicom's
+    does (at the first element outside group 0002) and refuses what pydicom would read some
+    other way: an unknown VR (pydicom switches to implicit VR), an undefined or overlong
+    length, a repeated element (pydicom keeps the last, this walk would see the first).
+    Otherwise a crafted header could show these checks one transfer syntax, or one start of
+    the deflated stream, and the parser another, and skip the bounded inflation.
+    """
     offset = PREAMBLE_LENGTH + len(PART10_PREFIX)
-    while offset + 8 <= len(data):
+    seen: set[int] = set()
+    transfer_syntax: bytes | None = None
+    while offset + _ELEMENT_HEADER_LENGTH <= len(data):
         group, element = struct.unpack_from("<HH", data, offset)
         if group != 0x0002:
             break
         vr = data[offset + 4 : offset + 6]
+        if vr not in _KNOWN_VRS:
+            raise _bad_file_meta(f"element (0002,{element:04X}) has no valid explicit VR")
         if vr in _LONG_LENGTH_VRS:
             if offset + 12 > len(data):
-                break
+                raise _bad_file_meta("the File Meta Information is truncated")
             (length,) = struct.unpack_from("<I", data, offset + 8)
             value_at = offset + 12
         else:
             (length,) = struct.unpack_from("<H", data, offset + 6)
             value_at = offset + 8
         if length == UNDEFINED_LENGTH or value_at + length > len(data):
-            break
+            raise _bad_file_meta(f"element (0002,{element:04X}) declares more bytes than the file holds")
+        if element in seen:
+            raise _bad_file_meta(f"element (0002,{element:04X}) appears more than once")
+        seen.add(element)
         if element == 0x0010:
-            uid = data[value_at : value_at + length].rstrip(b"\0 ").decode("ascii", "replace")
-            return _supported_transfer_syntax(uid)
+            transfer_syntax = data[value_at : value_at + length]
         offset = value_at + length
-    raise InstanceRejected(
-        FailureReason.CANNOT_UNDERSTAND,
-        "the File Meta Information has no readable Transfer Syntax UID (0002,0010).",
+    if transfer_syntax is None:
+        raise InstanceRejected(
+            FailureReason.CANNOT_UNDERSTAND,
+            "the File Meta Information has no readable Transfer Syntax UID (0002,0010).",
+        )
+    uid = transfer_syntax.rstrip(b"\0 ").decode("ascii", "replace")
+    return _supported_transfer_syntax(uid), offset
+
+
+def _bad_file_meta(problem: str) -> InstanceRejected:
+    return InstanceRejected(
+        FailureReason.CANNOT_UNDERSTAND, f"the File Meta Information is malformed: {problem} (PS3.10 §7.1)."
     )
 
 
@@ -205,10 +234,16 @@ def _supported_transfer_syntax(uid: str) -> str:
     return uid
 
 
-def _check_inflated_size(data: bytes, *, limits: Limits) -> None:
+def _check_inflated_size(data: bytes, meta_end: int, *, limits: Limits) -> None:
     """Inflate in bounded steps so a deflate bomb costs bounded memory (PS3.5 §A.5)."""
+    if data[meta_end : meta_end + 2] == b"\0\0":
+        # pydicom would first read these bytes as uncompressed Command Set (0000,eeee)
+        # elements and inflate only what follows, which this check would not see.
+        raise InstanceRejected(
+            FailureReason.CANNOT_UNDERSTAND,
+            "the deflated data set starts with Command Set (0000,eeee) elements.",
+        )
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    meta_end = _file_meta_end(data)
     budget = limits.max_inflated_bytes
     pending = data[meta_end:]
     total = 0
@@ -228,21 +263,28 @@ def _check_inflated_size(data: bytes, *, limits: Limits) -> None:
         )
 
 
-def _file_meta_end(data: bytes) -> int:
-    """Offset of the first byte after the File Meta Information group."""
-    offset = PREAMBLE_LENGTH + len(PART10_PREFIX)
-    # (0002,0000) UL group length is required (PS3.10 §7.1) and comes first.
-    if data[offset : offset + 6] != b"\x02\x00\x00\x00UL":
-        raise InstanceRejected(
-            FailureReason.CANNOT_UNDERSTAND, "the File Meta Information Group Length (0002,0000) is missing."
-        )
-    (group_length,) = struct.unpack_from("<I", data, offset + 8)
-    return offset + 12 + int(group_length)
+class _WatchedBytesIO(io.BytesIO):
+    """Notices when the parser finds only part of an element header at the end of the data.
+
+    pydicom ends the data set silently when fewer than 8 bytes of an element header remain,
+    so a file cut inside a header would otherwise read as a shorter, complete one.
+    """
+
+    partial_header = False
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        chunk = super().read(size)
+        if size == _ELEMENT_HEADER_LENGTH and 0 < len(chunk) < size:
+            self.partial_header = True
+        return chunk
 
 
 def _parse(stored: bytes) -> Dataset:
+    source = _WatchedBytesIO(stored)
     try:
-        return pydicom.dcmread(io.BytesIO(stored), force=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = pydicom.dcmread(source, force=False)
     except RecursionError:
         raise InstanceRejected(
             FailureReason.CANNOT_UNDERSTAND, "sequences are nested too deeply to parse."
@@ -252,6 +294,15 @@ def _parse(stored: bytes) -> Dataset:
             FailureReason.CANNOT_UNDERSTAND,
             f"the file could not be parsed as DICOM ({type(exc).__name__}); it may be truncated.",
         ) from exc
+    # pydicom only warns (and drops the elements read so far) when an undefined-length value
+    # has no delimiter before the end of the data: the file is truncated.
+    if source.partial_header or any(_EOF_BEFORE_DELIMITER in str(w.message) for w in caught):
+        raise InstanceRejected(
+            FailureReason.CANNOT_UNDERSTAND,
+            "the file is truncated: it ends inside an element "
+            + ("header." if source.partial_header else "of undefined length, before its delimiter."),
+        )
+    return dataset
 
 
 def _check_elements(dataset: Dataset, *, depth: int, limits: Limits) -> None:
@@ -273,13 +324,16 @@ def _check_elements(dataset: Dataset, *, depth: int, limits: Limits) -> None:
                 _check_elements(item, depth=depth + 1, limits=limits)
 
 
+def _is_incomplete(raw: RawDataElement) -> bool:
+    return raw.length != UNDEFINED_LENGTH and raw.value is not None and len(raw.value) < raw.length
+
+
 def _check_complete(raw: RawDataElement) -> None:
-    if raw.length == UNDEFINED_LENGTH or raw.value is None:
-        return
-    if len(raw.value) < raw.length:
+    if _is_incomplete(raw):
+        present = len(raw.value or b"")
         raise InstanceRejected(
             FailureReason.CANNOT_UNDERSTAND,
-            f"element {BaseTag(raw.tag)} declares {raw.length} bytes but only {len(raw.value)} follow: "
+            f"element {BaseTag(raw.tag)} declares {raw.length} bytes but only {present} follow: "
             "the file is truncated or its lengths are corrupt.",
         )
 
@@ -306,6 +360,9 @@ def _check_file_meta(dataset: Dataset, sop_instance: str | None) -> None:
 
 def _uid_or_none(dataset: Dataset, keyword: str) -> str | None:
     try:
+        raw = dataset.get_item(keyword)
+        if isinstance(raw, RawDataElement) and _is_incomplete(raw):
+            return None  # leave it raw: the full check reports it as truncated
         value = dataset.get(keyword)
     except Exception:  # an undecodable element is reported by the full check later
         return None

@@ -94,10 +94,10 @@ class IndexWriter:
         Raises :class:`AlreadyIndexed` when the SOP Instance UID is already in the index.
         """
         for attempt in range(MAX_ATTEMPTS):
-            study_exists = _exists(StudyItem, StudyItem.key(instance.study_instance_uid))
-            series_exists = _exists(
-                SeriesItem, SeriesItem.key(instance.study_instance_uid, instance.series_instance_uid)
-            )
+            study_key = StudyItem.key(instance.study_instance_uid)
+            series_key = SeriesItem.key(instance.study_instance_uid, instance.series_instance_uid)
+            found = _existing_keys([study_key, series_key])
+            study_exists, series_exists = study_key in found, series_key in found
             try:
                 self._transact_add(instance, stored, study_exists=study_exists, series_exists=series_exists)
                 return
@@ -226,8 +226,10 @@ def _set_or_remove(attribute: UnicodeAttribute, value: str | None) -> Action:
     return attribute.set(value) if value is not None else attribute.remove()
 
 
-def _exists(model: type[StudyItem] | type[SeriesItem], key: tuple[str, str]) -> bool:
-    return model.count(key[0], model.sk == key[1], consistent_read=True, limit=1) > 0
+def _existing_keys(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of ``keys`` exist: one strongly consistent BatchGetItem, keys only."""
+    items = IndexItem.batch_get(keys, consistent_read=True, attributes_to_get=["pk", "sk"])
+    return {(item.pk, item.sk) for item in items}
 
 
 def _condition_failed(exc: TransactWriteError, *, index: int) -> bool:

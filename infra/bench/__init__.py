@@ -1,0 +1,1 @@
+"""`make bench`: benchmarks through the local runtime (figures, not timed tests)."""
