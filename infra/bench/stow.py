@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 
 def ct_series(count: int, *, size: int) -> list[bytes]:
-    """A CT series of ``count`` instances of ``size``×``size`` 16-bit noise images."""
+    """A CT series of ``count`` instances of ``size``x``size`` 16-bit noise images."""
     study, series = new_uid(), new_uid()
     rng = np.random.default_rng(7)
     instances = []
@@ -98,7 +98,7 @@ def run(*, quick: bool = False) -> str:
         stack.start()
         try:
             rows = []
-            for label, size in (("CT 256×256 (131 kB)", 256), ("CT 512×512 (525 kB)", 512)):
+            for label, size in (("CT 256x256 (131 kB)", 256), ("CT 512x512 (525 kB)", 512)):
                 single = ct_series(count, size=size)
                 per_request = _throughput(stack, single, [[d] for d in single])
                 batched_series = ct_series(count, size=size)

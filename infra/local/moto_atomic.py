@@ -130,6 +130,5 @@ def serialise_dynamodb() -> None:
             setattr(DynamoDBBackend, name, _serialised(method))
     if not getattr(DynamoDBBackend.transact_write_items, _MARK, False):
         DynamoDBBackend.transact_write_items = _transact_write_items(DynamoDBBackend.transact_write_items)  # type: ignore[method-assign]
-        dynamodb_models.copy = types.SimpleNamespace(  # type: ignore[attr-defined]
-            deepcopy=_deepcopy, copy=copy.copy
-        )
+        # moto's module calls copy.deepcopy(table); give that module a copy that skips tables.
+        setattr(dynamodb_models, "copy", types.SimpleNamespace(deepcopy=_deepcopy, copy=copy.copy))  # noqa: B010
