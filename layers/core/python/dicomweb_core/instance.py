@@ -259,8 +259,13 @@ def _check_inflated_size(data: bytes, meta_end: int, *, limits: Limits) -> None:
     if total > budget:
         raise InstanceRejected(
             FailureReason.OUT_OF_RESOURCES,
-            f"the deflated data set inflates to more than {budget // (1 << 20)} MiB; refused.",
+            f"the deflated data set inflates to more than {_describe_size(budget)}; refused.",
         )
+
+
+def _describe_size(size: int) -> str:
+    mib = 1 << 20
+    return f"{size // mib} MiB" if size >= mib and size % mib == 0 else f"{size} bytes"
 
 
 class _WatchedBytesIO(io.BytesIO):
