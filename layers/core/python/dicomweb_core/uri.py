@@ -7,6 +7,7 @@ before it can become part of a storage or index key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -97,7 +98,7 @@ class DicomWebURI:
                 raise NotFound("The path is not a DICOMweb resource (PS3.18 Table 10.3-2).")
             values[name] = segments[1]
             segments = segments[2:]
-        if segments:
+        if segments or (suffix is not None and "studies" not in values):
             raise NotFound("The path is not a DICOMweb resource (PS3.18 Table 10.3-2).")
         frames = _parse_frames(values["frames"]) if "frames" in values else None
         return cls(
@@ -110,8 +111,12 @@ class DicomWebURI:
         )
 
 
+_FRAME_NUMBER_RE = re.compile(r"[0-9]{1,10}")
+
+
 def _parse_frames(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(f) for f in text.split(","))
-    except ValueError:
-        raise BadRequest("Frame lists are comma-separated 1-based numbers, e.g. 1,2,3.") from None
+    # ASCII digits only: int() alone would also take "+1", " 1", "1_0" and non-ASCII digits.
+    numbers = text.split(",")
+    if not all(_FRAME_NUMBER_RE.fullmatch(number) for number in numbers):
+        raise BadRequest("Frame lists are comma-separated 1-based numbers, e.g. 1,2,3.")
+    return tuple(int(number) for number in numbers)
