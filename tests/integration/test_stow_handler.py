@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dicomweb_core import config
-from dicomweb_core.index.models import StudyItem, bind_table, key_schema
+from dicomweb_core.index.models import StudyItem, bind_table, key_schema, secondary_indexes
 from infra.local.provision import provision
 from infra.samtemplate import REPO_ROOT, load_template
 
@@ -132,3 +132,12 @@ def test_index_models_match_the_template_table() -> None:
     (table,) = load_template().resources_of_type("AWS::DynamoDB::Table").values()
     keys = {k["KeyType"]: k["AttributeName"] for k in table["Properties"]["KeySchema"]}
     assert keys == {"HASH": key_schema()["hash_key"], "RANGE": key_schema()["range_key"]}
+    template_indexes = {
+        gsi["IndexName"]: (
+            next(k["AttributeName"] for k in gsi["KeySchema"] if k["KeyType"] == "HASH"),
+            next(k["AttributeName"] for k in gsi["KeySchema"] if k["KeyType"] == "RANGE"),
+        )
+        for gsi in table["Properties"]["GlobalSecondaryIndexes"]
+    }
+    assert template_indexes == secondary_indexes()
+    assert all(g["Projection"]["ProjectionType"] == "ALL" for g in table["Properties"]["GlobalSecondaryIndexes"])

@@ -18,7 +18,6 @@ import pytest
 from dicomweb_core.config import DuplicatePolicy, Limits, Settings
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.failures import FailureReason
-from dicomweb_core.index import writer as writer_module
 from dicomweb_core.index.models import SeriesItem, SopItem, StudyItem, bind_table
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.storage import S3InstanceStore
@@ -259,16 +258,17 @@ def test_stale_existence_read_is_retried_not_double_counted(
     # Given a series created by a concurrent request after our existence check
     study, series = new_uid(), new_uid()
     env.service.store_all([memoryview(make_instance(study=study, series=series))], study=None)
-    real_existing_keys = writer_module._existing_keys
+    real_context = IndexWriter._context
     stale = {"left": 1}  # the first read is stale: the study and series are "not there yet"
 
-    def stale_existing_keys(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    def stale_context(self: IndexWriter, instance: Any) -> Any:
+        context = real_context(self, instance)
         if stale["left"] > 0:
             stale["left"] -= 1
-            return set()
-        return real_existing_keys(keys)
+            return replace(context, study_exists=False, series_exists=False, old_combo=None)
+        return context
 
-    monkeypatch.setattr(writer_module, "_existing_keys", stale_existing_keys)
+    monkeypatch.setattr(IndexWriter, "_context", stale_context)
     # When the second instance of that series is stored
     outcome = env.service.store_all([memoryview(make_instance(study=study, series=series))], study=None)
     # Then the cancelled transaction is retried and the aggregates are exact

@@ -1,19 +1,24 @@
-"""pynamodb models of the index table: the one definition of its items.
+"""pynamodb models of the index table: the one definition of its items and indexes.
 
 One table holds every item; keys are built only from validated UIDs:
 
-| item     | pk                 | sk                           |
-|----------|--------------------|------------------------------|
-| study    | ``STUDY#<study>``  | ``STUDY``                    |
-| series   | ``STUDY#<study>``  | ``SERIES#<series>``          |
-| instance | ``STUDY#<study>``  | ``INSTANCE#<series>#<sop>``  |
-| SOP      | ``SOP#<sop>``      | ``SOP``                      |
+| item     | pk                      | sk                           |
+|----------|-------------------------|------------------------------|
+| study    | ``STUDY#<study>``       | ``STUDY``                    |
+| series   | ``STUDY#<study>``       | ``SERIES#<series>``          |
+| instance | ``STUDY#<study>``       | ``INSTANCE#<series>#<sop>``  |
+| SOP      | ``SOP#<sop>``           | ``SOP``                      |
+| posting  | ``P#<family>#<bucket>`` | ``<term>#<study>[#<series>]``|
+| registry | ``REGISTRY``            | ``<name>``                   |
 
 A study's items share one partition, so the series and instances of a study are one
 strongly consistent Query. The SOP item makes a SOP Instance UID unique across the
-whole store (a transaction puts it with ``attribute_not_exists``) and finds an instance
-from its UID alone. Aggregates (counts, ModalitiesInStudy) live on the study and series
-items and change only in the same transaction that adds an instance.
+whole store. Aggregates (counts, ModalitiesInStudy) live on the study and series items
+and change only in the transaction that adds an instance.
+
+Eight global secondary indexes, overloaded across item kinds, serve QIDO-RS; each index
+key attribute is set only on the items that belong in that index (sparse indexes). The
+design, what each index serves and what it costs per write is in docs/index-design.md.
 """
 
 from __future__ import annotations
@@ -22,22 +27,36 @@ import os
 from typing import Any
 
 from pynamodb.attributes import (
+    DiscriminatorAttribute,
     NumberAttribute,
     UnicodeAttribute,
     UnicodeSetAttribute,
     UTCDateTimeAttribute,
 )
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
 DEFAULT_TABLE_NAME = "dicomweb-index"
+GSI_COUNT = 8
 
 
 def _region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
+def _gsi(number: int) -> type[GlobalSecondaryIndex[Any]]:
+    """GSI ``gsi<number>`` on ``g<number>pk`` / ``g<number>sk``, all attributes projected."""
+    meta = type("Meta", (), {"index_name": f"gsi{number}", "projection": AllProjection()})
+    namespace = {
+        "Meta": meta,
+        f"g{number}pk": UnicodeAttribute(hash_key=True),
+        f"g{number}sk": UnicodeAttribute(range_key=True),
+    }
+    return type(f"Gsi{number}", (GlobalSecondaryIndex,), namespace)
+
+
 class IndexItem(Model):
-    """Common key schema of every item in the index table."""
+    """Common key schema, kind and secondary-index attributes of every item."""
 
     class Meta:
         table_name = os.environ.get("TABLE_NAME", DEFAULT_TABLE_NAME)
@@ -45,17 +64,46 @@ class IndexItem(Model):
 
     pk = UnicodeAttribute(hash_key=True)
     sk = UnicodeAttribute(range_key=True)
-    updated_at = UTCDateTimeAttribute()
+    kind = DiscriminatorAttribute()
+    updated_at = UTCDateTimeAttribute(null=True)
+
+    g1pk = UnicodeAttribute(null=True)
+    g1sk = UnicodeAttribute(null=True)
+    g2pk = UnicodeAttribute(null=True)
+    g2sk = UnicodeAttribute(null=True)
+    g3pk = UnicodeAttribute(null=True)
+    g3sk = UnicodeAttribute(null=True)
+    g4pk = UnicodeAttribute(null=True)
+    g4sk = UnicodeAttribute(null=True)
+    g5pk = UnicodeAttribute(null=True)
+    g5sk = UnicodeAttribute(null=True)
+    g6pk = UnicodeAttribute(null=True)
+    g6sk = UnicodeAttribute(null=True)
+    g7pk = UnicodeAttribute(null=True)
+    g7sk = UnicodeAttribute(null=True)
+    g8pk = UnicodeAttribute(null=True)
+    g8sk = UnicodeAttribute(null=True)
+
+    g1 = _gsi(1)()
+    g2 = _gsi(2)()
+    g3 = _gsi(3)()
+    g4 = _gsi(4)()
+    g5 = _gsi(5)()
+    g6 = _gsi(6)()
+    g7 = _gsi(7)()
+    g8 = _gsi(8)()
 
 
 def study_pk(study: str) -> str:
     return f"STUDY#{study}"
 
 
-class StudyItem(IndexItem):
+class StudyItem(IndexItem, discriminator="study"):
     study_uid = UnicodeAttribute()
     dicom_json = UnicodeAttribute()  # study-level attributes, DICOM JSON (PS3.18 Annex F)
+    sort_key = UnicodeAttribute()  # StudyDate+StudyTime+UID: the order of study results
     modalities = UnicodeSetAttribute(null=True)  # ModalitiesInStudy
+    modality_combo = UnicodeAttribute(null=True)  # sorted ModalitiesInStudy joined by "\"
     series_count = NumberAttribute(default=0)  # NumberOfStudyRelatedSeries
     instance_count = NumberAttribute(default=0)  # NumberOfStudyRelatedInstances
 
@@ -64,11 +112,13 @@ class StudyItem(IndexItem):
         return study_pk(study), "STUDY"
 
 
-class SeriesItem(IndexItem):
+class SeriesItem(IndexItem, discriminator="series"):
     study_uid = UnicodeAttribute()
     series_uid = UnicodeAttribute()
     modality = UnicodeAttribute(null=True)
-    dicom_json = UnicodeAttribute()
+    dicom_json = UnicodeAttribute()  # series-level attributes
+    study_json = UnicodeAttribute(null=True)  # the study's attributes when the series was created
+    sort_key = UnicodeAttribute(null=True)
     instance_count = NumberAttribute(default=0)  # NumberOfSeriesRelatedInstances
 
     @staticmethod
@@ -76,13 +126,16 @@ class SeriesItem(IndexItem):
         return study_pk(study), f"SERIES#{series}"
 
 
-class InstanceItem(IndexItem):
+class InstanceItem(IndexItem, discriminator="instance"):
     study_uid = UnicodeAttribute()
     series_uid = UnicodeAttribute()
     sop_uid = UnicodeAttribute()
     sop_class_uid = UnicodeAttribute()
     transfer_syntax_uid = UnicodeAttribute()
-    dicom_json = UnicodeAttribute()
+    dicom_json = UnicodeAttribute()  # instance-level attributes
+    study_json = UnicodeAttribute(null=True)
+    series_json = UnicodeAttribute(null=True)
+    sort_key = UnicodeAttribute(null=True)
     s3_key = UnicodeAttribute()
     s3_version_id = UnicodeAttribute(null=True)
     sha256 = UnicodeAttribute()
@@ -93,7 +146,7 @@ class InstanceItem(IndexItem):
         return study_pk(study), f"INSTANCE#{series}#{sop}"
 
 
-class SopItem(IndexItem):
+class SopItem(IndexItem, discriminator="sop"):
     """Uniqueness guard and lookup of one SOP Instance UID."""
 
     study_uid = UnicodeAttribute()
@@ -109,7 +162,31 @@ class SopItem(IndexItem):
         return f"SOP#{sop}", "SOP"
 
 
-MODELS: tuple[type[IndexItem], ...] = (StudyItem, SeriesItem, InstanceItem, SopItem)
+class PostingItem(IndexItem, discriminator="posting"):
+    """One term of a multi-valued search key (name words, suffixes, request IDs)."""
+
+    study_uid = UnicodeAttribute()
+    series_uid = UnicodeAttribute(null=True)
+
+
+class RegistryItem(IndexItem, discriminator="registry"):
+    """Small sets the planner enumerates: the months that hold studies, modality combinations."""
+
+    values = UnicodeSetAttribute(null=True)
+
+    @staticmethod
+    def key(name: str) -> tuple[str, str]:
+        return "REGISTRY", name
+
+
+MODELS: tuple[type[IndexItem], ...] = (
+    StudyItem,
+    SeriesItem,
+    InstanceItem,
+    SopItem,
+    PostingItem,
+    RegistryItem,
+)
 
 
 def bind_table(table_name: str, *, region: str | None = None) -> None:
@@ -120,11 +197,21 @@ def bind_table(table_name: str, *, region: str | None = None) -> None:
         if region:
             model.Meta.region = region
         model._connection = None
+    for number in range(1, GSI_COUNT + 1):
+        getattr(IndexItem, f"g{number}")._connection = None
 
 
 def key_schema() -> dict[str, Any]:
     """The table's key schema as the models define it (tests compare it with template.yaml)."""
-    return {
-        "hash_key": IndexItem.pk.attr_name,
-        "range_key": IndexItem.sk.attr_name,
-    }
+    return {"hash_key": IndexItem.pk.attr_name, "range_key": IndexItem.sk.attr_name}
+
+
+def secondary_indexes() -> dict[str, tuple[str, str]]:
+    """GSI name → (hash attribute, range attribute), as the models define them."""
+    indexes = {}
+    for number in range(1, GSI_COUNT + 1):
+        index = getattr(IndexItem, f"g{number}")
+        schema = index._get_schema()
+        by_type = {k["KeyType"]: k["AttributeName"] for k in schema["key_schema"]}
+        indexes[schema["index_name"]] = (by_type["HASH"], by_type["RANGE"])
+    return indexes

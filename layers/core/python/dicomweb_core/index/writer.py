@@ -16,17 +16,29 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
+from typing import TypeVar
 
 from pynamodb.attributes import UnicodeAttribute
 from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError
+from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
-from dicomweb_core.index.models import IndexItem, InstanceItem, SeriesItem, SopItem, StudyItem
+from dicomweb_core.index import keys
+from dicomweb_core.index.models import (
+    IndexItem,
+    InstanceItem,
+    PostingItem,
+    RegistryItem,
+    SeriesItem,
+    SopItem,
+    StudyItem,
+)
 from dicomweb_core.instance import ReceivedInstance
 
 MAX_ATTEMPTS = 8
+_Item = TypeVar("_Item", bound=IndexItem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +83,9 @@ def _now() -> datetime:
 class IndexWriter:
     """Writes and reads the items one stored instance owns."""
 
+    def __init__(self) -> None:
+        self._registered: dict[str, set[str]] = {}
+
     @cached_property
     def _connection(self) -> Connection:
         return Connection(region=IndexItem.Meta.region)
@@ -94,12 +109,12 @@ class IndexWriter:
         Raises :class:`AlreadyIndexed` when the SOP Instance UID is already in the index.
         """
         for attempt in range(MAX_ATTEMPTS):
-            study_key = StudyItem.key(instance.study_instance_uid)
-            series_key = SeriesItem.key(instance.study_instance_uid, instance.series_instance_uid)
-            found = _existing_keys([study_key, series_key])
-            study_exists, series_exists = study_key in found, series_key in found
+            context = self._context(instance)
+            # Postings and registry entries go first: they only ever widen a search,
+            # which then reads the items this transaction commits (or finds none).
+            self._write_search_terms(instance, context)
             try:
-                self._transact_add(instance, stored, study_exists=study_exists, series_exists=series_exists)
+                self._transact_add(instance, stored, context)
                 return
             except TransactWriteError as exc:
                 if _condition_failed(exc, index=0):
@@ -112,6 +127,64 @@ class IndexWriter:
         raise IndexContention(
             f"could not index {instance.sop_instance_uid} after {MAX_ATTEMPTS} attempts under contention"
         )
+
+    def _context(self, instance: ReceivedInstance) -> _Context:
+        """One strongly consistent BatchGetItem: does the study exist (and with which
+        modalities), does the series exist."""
+        study_key = StudyItem.key(instance.study_instance_uid)
+        series_key = SeriesItem.key(instance.study_instance_uid, instance.series_instance_uid)
+        items = {
+            (item.pk, item.sk): item
+            for item in IndexItem.batch_get(
+                [study_key, series_key],
+                consistent_read=True,
+                attributes_to_get=["pk", "sk", "kind", "sort_key", "modality_combo"],
+            )
+        }
+        study = items.get(study_key)
+        sort_key = study.sort_key if isinstance(study, StudyItem) else None
+        old_combo = study.modality_combo if isinstance(study, StudyItem) else None
+        series_exists = series_key in items
+        modalities = set(old_combo.split("\\")) if old_combo else set()
+        if instance.modality:
+            modalities.add(instance.modality)
+        new_combo = "\\".join(sorted(modalities)) or None
+        return _Context(
+            study_exists=study is not None,
+            series_exists=series_exists,
+            study_sort=sort_key or keys.study_sort_key(instance.study_json, instance.study_instance_uid),
+            old_combo=old_combo,
+            new_combo=new_combo,
+        )
+
+    def _write_search_terms(self, instance: ReceivedInstance, context: _Context) -> None:
+        postings: list[keys.Posting] = []
+        if not context.study_exists:
+            postings += keys.study_postings(instance.study_json, instance.study_instance_uid)
+            month = keys.month_of(keys.text_value(instance.study_json, keys.STUDY_DATE))
+            self._register(STUDY_MONTHS, month)
+        if not context.series_exists:
+            postings += keys.series_postings(
+                instance.series_json, instance.study_instance_uid, instance.series_instance_uid
+            )
+            pps_date = keys.text_value(instance.series_json, keys.PPS_START_DATE)
+            if pps_date:
+                self._register(PPS_MONTHS, keys.month_of(pps_date))
+        if context.new_combo and context.new_combo != context.old_combo:
+            self._register(MODALITY_COMBOS, context.new_combo)
+        if postings:
+            with PostingItem.batch_write() as batch:
+                for posting in {p.key: p for p in postings}.values():
+                    batch.save(
+                        PostingItem(*posting.key, study_uid=posting.study_uid, series_uid=posting.series_uid)
+                    )
+
+    def _register(self, name: str, value: str) -> None:
+        """Add ``value`` to a registry set once per warm container (idempotent ADD)."""
+        if value in self._registered.setdefault(name, set()):
+            return
+        RegistryItem(*RegistryItem.key(name)).update(actions=[RegistryItem.values.add({value})])
+        self._registered[name].add(value)
 
     def replace(self, instance: ReceivedInstance, stored: StoredObject, existing: ExistingInstance) -> None:
         """Point an indexed instance at new content (the overwrite duplicate policy).
@@ -134,19 +207,36 @@ class IndexWriter:
                 ],
                 condition=SopItem.sha256 == existing.stored.sha256,
             )
-            tx.save(_instance_item(instance, stored, now), condition=InstanceItem.pk.exists())
+            tx.update(
+                InstanceItem(
+                    *InstanceItem.key(
+                        instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
+                    )
+                ),
+                actions=[
+                    InstanceItem.s3_key.set(stored.key),
+                    _set_or_remove(InstanceItem.s3_version_id, stored.version_id),
+                    InstanceItem.sha256.set(stored.sha256),
+                    InstanceItem.size.set(stored.size),
+                    InstanceItem.transfer_syntax_uid.set(instance.transfer_syntax_uid),
+                    InstanceItem.dicom_json.set(json.dumps(instance.instance_json)),
+                    InstanceItem.updated_at.set(now),
+                ],
+                condition=InstanceItem.pk.exists(),
+            )
 
-    def _transact_add(
-        self, instance: ReceivedInstance, stored: StoredObject, *, study_exists: bool, series_exists: bool
-    ) -> None:
+    def _transact_add(self, instance: ReceivedInstance, stored: StoredObject, context: _Context) -> None:
         now = _now()
         study, series = instance.study_instance_uid, instance.series_instance_uid
-        modalities = {instance.modality} if instance.modality else None
+        series_sort = f"{context.study_sort}#{series}"
         with TransactWrite(connection=self._connection) as tx:
             # Item 0 must stay the SOP item: its cancellation reason means "duplicate".
             tx.save(_sop_item(instance, stored, now), condition=SopItem.pk.does_not_exist())
-            tx.save(_instance_item(instance, stored, now), condition=InstanceItem.pk.does_not_exist())
-            if series_exists:
+            tx.save(
+                _instance_item(instance, stored, now, series_sort=series_sort),
+                condition=InstanceItem.pk.does_not_exist(),
+            )
+            if context.series_exists:
                 tx.update(
                     SeriesItem(*SeriesItem.key(study, series)),
                     actions=[SeriesItem.instance_count.add(1), SeriesItem.updated_at.set(now)],
@@ -154,39 +244,93 @@ class IndexWriter:
                 )
             else:
                 tx.save(
-                    SeriesItem(
-                        *SeriesItem.key(study, series),
-                        study_uid=study,
-                        series_uid=series,
-                        modality=instance.modality or None,
-                        dicom_json=json.dumps(instance.series_json),
-                        instance_count=1,
-                        updated_at=now,
-                    ),
+                    _series_item(instance, now, study_sort=context.study_sort),
                     condition=SeriesItem.pk.does_not_exist(),
                 )
-            if study_exists:
-                actions: list[Action] = [
-                    StudyItem.instance_count.add(1),
-                    StudyItem.series_count.add(0 if series_exists else 1),
-                    StudyItem.updated_at.set(now),
-                ]
-                if modalities:
-                    actions.append(StudyItem.modalities.add(modalities))
-                tx.update(StudyItem(*StudyItem.key(study)), actions=actions, condition=StudyItem.pk.exists())
-            else:
-                tx.save(
-                    StudyItem(
-                        *StudyItem.key(study),
-                        study_uid=study,
-                        dicom_json=json.dumps(instance.study_json),
-                        modalities=modalities,
-                        series_count=1,
-                        instance_count=1,
-                        updated_at=now,
-                    ),
-                    condition=StudyItem.pk.does_not_exist(),
+            if context.study_exists:
+                tx.update(
+                    StudyItem(*StudyItem.key(study)),
+                    actions=_study_update(instance, context, now),
+                    condition=StudyItem.pk.exists() & _combo_unchanged(context.old_combo),
                 )
+            else:
+                tx.save(_study_item(instance, context, now), condition=StudyItem.pk.does_not_exist())
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What the transaction's shape depends on, read just before it."""
+
+    study_exists: bool
+    series_exists: bool
+    study_sort: str
+    old_combo: str | None
+    new_combo: str | None
+
+
+STUDY_MONTHS = "STUDY_MONTHS"
+PPS_MONTHS = "PPS_MONTHS"
+MODALITY_COMBOS = "MODALITY_COMBOS"
+
+
+def _combo_unchanged(old_combo: str | None) -> Condition:
+    if old_combo is None:
+        return StudyItem.modality_combo.does_not_exist()
+    return StudyItem.modality_combo == old_combo
+
+
+def _study_update(instance: ReceivedInstance, context: _Context, now: datetime) -> list[Action]:
+    actions: list[Action] = [
+        StudyItem.instance_count.add(1),
+        StudyItem.series_count.add(0 if context.series_exists else 1),
+        StudyItem.updated_at.set(now),
+    ]
+    if context.new_combo and context.new_combo != context.old_combo:
+        study = instance.study_instance_uid
+        g8 = keys.modality_combo_attributes(context.new_combo, study, context.study_sort)
+        actions += [
+            StudyItem.modalities.add({instance.modality}),
+            StudyItem.modality_combo.set(context.new_combo),
+            IndexItem.g8pk.set(g8["g8pk"]),
+            IndexItem.g8sk.set(g8["g8sk"]),
+        ]
+    return actions
+
+
+def _study_item(instance: ReceivedInstance, context: _Context, now: datetime) -> StudyItem:
+    study = instance.study_instance_uid
+    attributes = keys.study_index_attributes(instance.study_json, study)
+    if context.new_combo:
+        attributes |= keys.modality_combo_attributes(context.new_combo, study, context.study_sort)
+    item = StudyItem(
+        *StudyItem.key(study),
+        study_uid=study,
+        dicom_json=json.dumps(instance.study_json),
+        sort_key=context.study_sort,
+        modalities={instance.modality} if instance.modality else None,
+        modality_combo=context.new_combo,
+        series_count=1,
+        instance_count=1,
+        updated_at=now,
+    )
+    return _with_index_attributes(item, attributes)
+
+
+def _series_item(instance: ReceivedInstance, now: datetime, *, study_sort: str) -> SeriesItem:
+    study, series = instance.study_instance_uid, instance.series_instance_uid
+    attributes = keys.series_index_attributes(instance.series_json, study_sort=study_sort, series_uid=series)
+    item = SeriesItem(
+        *SeriesItem.key(study, series),
+        study_uid=study,
+        series_uid=series,
+        modality=instance.modality or None,
+        dicom_json=json.dumps(instance.series_json),
+        study_json=json.dumps(instance.study_json),
+        sort_key=attributes["g2sk"],
+        instance_count=1,
+        updated_at=now,
+    )
+    return _with_index_attributes(item, attributes)
 
 
 def _sop_item(instance: ReceivedInstance, stored: StoredObject, now: datetime) -> SopItem:
@@ -203,8 +347,16 @@ def _sop_item(instance: ReceivedInstance, stored: StoredObject, now: datetime) -
     )
 
 
-def _instance_item(instance: ReceivedInstance, stored: StoredObject, now: datetime) -> InstanceItem:
-    return InstanceItem(
+def _instance_item(
+    instance: ReceivedInstance, stored: StoredObject, now: datetime, *, series_sort: str
+) -> InstanceItem:
+    attributes = keys.instance_index_attributes(
+        instance.instance_json,
+        series_sort=series_sort,
+        sop_uid=instance.sop_instance_uid,
+        sop_class_uid=instance.sop_class_uid,
+    )
+    item = InstanceItem(
         *InstanceItem.key(
             instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
         ),
@@ -214,22 +366,27 @@ def _instance_item(instance: ReceivedInstance, stored: StoredObject, now: dateti
         sop_class_uid=instance.sop_class_uid,
         transfer_syntax_uid=instance.transfer_syntax_uid,
         dicom_json=json.dumps(instance.instance_json),
+        study_json=json.dumps(instance.study_json),
+        series_json=json.dumps(instance.series_json),
+        sort_key=attributes["g2sk"],
         s3_key=stored.key,
         s3_version_id=stored.version_id,
         sha256=stored.sha256,
         size=stored.size,
         updated_at=now,
     )
+    return _with_index_attributes(item, attributes)
+
+
+def _with_index_attributes(item: _Item, attributes: dict[str, str]) -> _Item:
+    """Set the secondary-index key attributes (g<n>pk/g<n>sk) computed in index.keys."""
+    for name, value in attributes.items():
+        setattr(item, name, value)
+    return item
 
 
 def _set_or_remove(attribute: UnicodeAttribute, value: str | None) -> Action:
     return attribute.set(value) if value is not None else attribute.remove()
-
-
-def _existing_keys(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of ``keys`` exist: one strongly consistent BatchGetItem, keys only."""
-    items = IndexItem.batch_get(keys, consistent_read=True, attributes_to_get=["pk", "sk"])
-    return {(item.pk, item.sk) for item in items}
 
 
 def _condition_failed(exc: TransactWriteError, *, index: int) -> bool:
