@@ -140,4 +140,6 @@ def test_index_models_match_the_template_table() -> None:
         for gsi in table["Properties"]["GlobalSecondaryIndexes"]
     }
     assert template_indexes == secondary_indexes()
-    assert all(g["Projection"]["ProjectionType"] == "ALL" for g in table["Properties"]["GlobalSecondaryIndexes"])
+    assert all(
+        g["Projection"]["ProjectionType"] == "ALL" for g in table["Properties"]["GlobalSecondaryIndexes"]
+    )

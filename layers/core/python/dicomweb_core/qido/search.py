@@ -1,0 +1,480 @@
+"""Executing a QIDO-RS query on the index: DynamoDB Queries only, never a Scan.
+
+The planner picks one *driving* key per search — the most selective one the index can
+serve — and streams candidate items from its GSI, postings or partition in a
+deterministic order. Every candidate is then matched against all keys
+(:mod:`dicomweb_core.qido.matching`), then ``offset`` and ``limit`` apply. Items read
+are counted, so the benchmark can report read amplification, and a search that would
+read more than its budget before filling a page is refused as too broad (413).
+
+Orders: studies newest first (StudyDate, StudyTime, UID descending) when driven by
+date, patient, accession or study ID, modality; by folded name when driven by a name;
+series by SeriesNumber and instances by InstanceNumber within their parent.
+See docs/index-design.md.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+from dicomweb_core.errors import PayloadTooLarge
+from dicomweb_core.index import keys
+from dicomweb_core.index.models import (
+    IndexItem,
+    InstanceItem,
+    PostingItem,
+    RegistryItem,
+    SeriesItem,
+    StudyItem,
+    study_pk,
+)
+from dicomweb_core.index.writer import MODALITY_COMBOS, PPS_MONTHS, STUDY_MONTHS
+from dicomweb_core.qido.attributes import Level
+from dicomweb_core.qido.matching import matches_all
+from dicomweb_core.qido.normalize import person_name, words
+from dicomweb_core.qido.query import MAX_LIMIT, MatchKind, QidoQuery
+
+DEFAULT_READ_BUDGET = 20_000
+_BATCH_GET = 100
+Entity = StudyItem | SeriesItem | InstanceItem
+
+
+@dataclass
+class ReadStats:
+    """Items read from DynamoDB (Query results and BatchGetItem items) by one search."""
+
+    items: int = 0
+    queries: int = 0
+    budget: int = DEFAULT_READ_BUDGET
+
+    def count(self, n: int = 1) -> None:
+        self.items += n
+        if self.items > self.budget:
+            raise PayloadTooLarge(
+                "The search is too broad to answer: narrow it with a more selective key "
+                "(PatientID, AccessionNumber, StudyInstanceUID, a StudyDate range, ...)."
+            )
+
+
+@dataclass
+class SearchResult:
+    matches: list[Entity]
+    more: bool
+    reads: ReadStats
+    warnings: list[str] = field(default_factory=list)
+
+
+def search(query: QidoQuery, *, budget: int = DEFAULT_READ_BUDGET) -> SearchResult:
+    stats = ReadStats(budget=budget)
+    warnings = []
+    limit = query.limit or MAX_LIMIT
+    if limit > MAX_LIMIT:
+        warnings.append(
+            f"The limit {limit} exceeds the maximum of {MAX_LIMIT}; at most {MAX_LIMIT} results are returned."
+        )
+        limit = MAX_LIMIT
+    planner = _Planner(query, stats)
+    candidates = _unique(planner.candidates())
+    matching = (item for item in candidates if matches_all(query, view(item)))
+    page = list(islice(matching, query.offset, query.offset + limit + 1))
+    return SearchResult(page[:limit], len(page) > limit, stats, warnings)
+
+
+# ------------------------------------------------------------------ what a result is
+def view(item: Entity) -> dict[str, Any]:
+    """The merged DICOM JSON a candidate is matched on and returned as."""
+    merged: dict[str, Any]
+    if isinstance(item, StudyItem):
+        merged = json.loads(item.dicom_json)
+        modalities = sorted(item.modalities or ())
+        if modalities:
+            merged["00080061"] = {"vr": "CS", "Value": modalities}
+        merged["00201206"] = {"vr": "IS", "Value": [int(item.series_count)]}
+        merged["00201208"] = {"vr": "IS", "Value": [int(item.instance_count)]}
+        return merged
+    if isinstance(item, SeriesItem):
+        merged = json.loads(item.study_json or "{}")
+        merged |= json.loads(item.dicom_json)
+        merged["00201209"] = {"vr": "IS", "Value": [int(item.instance_count)]}
+        return merged
+    merged = json.loads(item.study_json or "{}")
+    merged |= json.loads(item.series_json or "{}")
+    merged |= json.loads(item.dicom_json)
+    return merged
+
+
+def _identity(item: Entity) -> tuple[str, str]:
+    return item.pk, item.sk
+
+
+def _unique(items: Iterable[Entity]) -> Iterator[Entity]:
+    seen: set[tuple[str, str]] = set()
+    for item in items:
+        identity = _identity(item)
+        if identity not in seen:
+            seen.add(identity)
+            yield item
+
+
+# ------------------------------------------------------------------ planning
+_ID_KEYS = {"PatientID": (3, "PID"), "AccessionNumber": (4, "ACC"), "StudyID": (5, "SID")}
+_NAME_KEYS = {"PatientName": (6, "PN"), "ReferringPhysicianName": (7, "RPN")}
+
+
+class _Planner:
+    def __init__(self, query: QidoQuery, stats: ReadStats) -> None:
+        self.query = query
+        self.stats = stats
+
+    def candidates(self) -> Iterator[Entity]:
+        q = self.query
+        if q.level is Level.STUDY:
+            return self.studies()
+        if q.level is Level.SERIES:
+            return self.series()
+        return self.instances()
+
+    # -------------------------------------------------------------- studies
+    def studies(self) -> Iterator[StudyItem]:
+        source = self._selective_studies() or self._broad_studies()
+        return source if source is not None else self._all_studies()
+
+    def _selective_studies(self) -> Iterator[StudyItem] | None:
+        """Studies from a key that identifies few of them, or None."""
+        q = self.query
+        uid = q.term("StudyInstanceUID")
+        if uid is not None and uid.kind in (MatchKind.SINGLE, MatchKind.LIST):
+            return self._get_studies(uid.values)
+        for keyword, (number, prefix) in _ID_KEYS.items():
+            term = q.term(keyword)
+            if term is not None and term.kind is MatchKind.SINGLE:
+                return self._gsi(number, keys.exact_pk(prefix, term.value), descending=True)
+        for keyword, (number, prefix) in _NAME_KEYS.items():
+            term = q.term(keyword)
+            if term is not None and term.kind in (MatchKind.SINGLE, MatchKind.WILDCARD) and not q.fuzzy:
+                literal = (
+                    _literal_prefix(person_name(term.value)) if term.kind is MatchKind.WILDCARD else None
+                )
+                if term.kind is MatchKind.SINGLE:
+                    name = person_name(term.value)
+                    return self._gsi(number, keys.name_pk(prefix, name), begins_with=f"{name}#")
+                if literal:
+                    return self._gsi(number, keys.name_pk(prefix, literal), begins_with=literal)
+        for keyword, (_, prefix) in _ID_KEYS.items():
+            term = q.term(keyword)
+            if term is not None and term.kind is MatchKind.WILDCARD:
+                return self._wildcard_postings(prefix, term.value, folded=False)
+        for keyword, (_, prefix) in _NAME_KEYS.items():
+            term = q.term(keyword)
+            if term is None or term.kind not in (MatchKind.SINGLE, MatchKind.WILDCARD):
+                continue
+            name = person_name(term.value)
+            if q.fuzzy and term.kind is MatchKind.SINGLE:
+                longest = max(words(name), key=len, default="")
+                if longest:
+                    return self._postings_studies(f"{prefix}W", longest)
+            return self._wildcard_postings(prefix, name, folded=True)
+        return None
+
+    def _broad_studies(self) -> Iterator[StudyItem] | None:
+        """Studies by date range or modality: many, but never all."""
+        q = self.query
+        date = q.term("StudyDate")
+        if date is not None and date.kind in (MatchKind.SINGLE, MatchKind.RANGE):
+            low, high = (date.value, date.value) if date.kind is MatchKind.SINGLE else (date.low, date.high)
+            return self._studies_by_date(low, high)
+        modalities = q.term("ModalitiesInStudy")
+        if modalities is not None and modalities.kind in (MatchKind.SINGLE, MatchKind.LIST):
+            return self._studies_by_modalities(set(modalities.values))
+        return None
+
+    def _all_studies(self) -> Iterator[StudyItem]:
+        return self._studies_by_date(None, None)
+
+    def _get_studies(self, uids: Sequence[str]) -> Iterator[StudyItem]:
+        items = self._batch_get([StudyItem.key(uid) for uid in uids])
+        return iter(
+            sorted((i for i in items if isinstance(i, StudyItem)), key=lambda i: i.sort_key, reverse=True)
+        )
+
+    def _studies_by_date(self, low: str | None, high: str | None) -> Iterator[StudyItem]:
+        months = self._registry(STUDY_MONTHS)
+        chosen = sorted(
+            (
+                m
+                for m in months
+                if m != "none" and (low is None or m >= low[:6]) and (high is None or m <= high[:6])
+            ),
+            reverse=True,
+        )
+        if low is None and high is None and "none" in months:
+            chosen.append("none")
+        bounds = (f"{low}000000" if low else None, f"{high}235959~" if high else None)
+        return self._merged_shards(
+            1, [keys.date_pk(m, s) for m in chosen for s in range(keys.SHARDS)], bounds
+        )
+
+    def _studies_by_modalities(self, wanted: set[str]) -> Iterator[StudyItem]:
+        combos = [c for c in self._registry(MODALITY_COMBOS) if wanted & set(c.split("\\"))]
+        pks = [keys.sharded_pk("MODS", c, s) for c in sorted(combos) for s in range(keys.SHARDS)]
+        return self._merged_shards(8, pks)
+
+    def _wildcard_postings(self, family: str, pattern: str, *, folded: bool) -> Iterator[StudyItem] | None:
+        """A wildcard on an ID or name: the literal run of the pattern via postings."""
+        literal = _literal_prefix(pattern)
+        if literal:
+            whole = f"{family}P" if not folded else None
+            if whole is not None:
+                return self._postings_studies(whole, literal)
+            return self._gsi(_NAME_KEYS_BY_PREFIX[family], keys.name_pk(family, literal), begins_with=literal)
+        run = _longest_literal(pattern)
+        if not run:
+            return None
+        families = [f"{family}S"] if folded else [f"{family}P", f"{family}S"]
+        return _chain(self._postings_studies(f, run) for f in families)
+
+    # -------------------------------------------------------------- series
+    def series(self) -> Iterator[SeriesItem]:
+        q = self.query
+        if q.study is not None:
+            return self._series_in_studies(iter([q.study]))
+        uid = q.term("SeriesInstanceUID")
+        if uid is not None and uid.kind in (MatchKind.SINGLE, MatchKind.LIST):
+            return _chain(self._gsi(2, keys.exact_pk("SE", v)) for v in uid.values)
+        selective = self._selective_studies()
+        if selective is not None:
+            return self._series_in_studies(s.study_uid for s in selective)
+        series_source = self._series_by_series_keys()
+        if series_source is not None:
+            return series_source
+        broad = self._broad_studies()
+        if broad is not None:
+            return self._series_in_studies(s.study_uid for s in broad)
+        raise PayloadTooLarge(
+            "Searching all series needs a key: add a study-level key (PatientID, StudyDate, ...) or "
+            "a series key (SeriesInstanceUID, Modality, ...), or search within a study."
+        )
+
+    def _series_by_series_keys(self) -> Iterator[SeriesItem] | None:
+        q = self.query
+        for keyword, (number, prefix) in {"Modality": (3, "MOD"), "SeriesNumber": (4, "SNUM")}.items():
+            term = q.term(keyword)
+            if term is not None and term.kind in (MatchKind.SINGLE, MatchKind.LIST):
+                values = [str(int(v)) if keyword == "SeriesNumber" else v for v in term.values]
+                pks = [keys.sharded_pk(prefix, v, s) for v in values for s in range(keys.SHARDS)]
+                return self._merged_shards(number, pks)
+        pps = q.term("PerformedProcedureStepStartDate")
+        if pps is not None and pps.kind in (MatchKind.SINGLE, MatchKind.RANGE):
+            low, high = (pps.value, pps.value) if pps.kind is MatchKind.SINGLE else (pps.low, pps.high)
+            months = sorted(
+                (
+                    m
+                    for m in self._registry(PPS_MONTHS)
+                    if (low is None or m >= low[:6]) and (high is None or m <= high[:6])
+                ),
+                reverse=True,
+            )
+            bounds = (f"{low}" if low else None, f"{high}~" if high else None)
+            pks = [keys.date_pk(m, s) for m in months for s in range(keys.SHARDS)]
+            return self._merged_shards(5, pks, bounds)
+        for keyword, family in (
+            ("RequestAttributesSequence.ScheduledProcedureStepID", "SPS"),
+            ("RequestAttributesSequence.RequestedProcedureID", "RP"),
+        ):
+            term = q.term(keyword)
+            if term is not None and term.kind is MatchKind.SINGLE:
+                return self._postings_series(family, term.value)
+        return None
+
+    def _series_in_studies(self, studies: Iterable[str]) -> Iterator[SeriesItem]:
+        for study in studies:
+            items = self._partition(study, "SERIES#")
+            yield from sorted((i for i in items if isinstance(i, SeriesItem)), key=_series_order)
+
+    # -------------------------------------------------------------- instances
+    def instances(self) -> Iterator[InstanceItem]:
+        q = self.query
+        if q.study is not None and q.series is not None:
+            return self._instances_in(q.study, q.series)
+        if q.study is not None:
+            return self._instances_in_study(q.study)
+        uid = q.term("SOPInstanceUID")
+        if uid is not None and uid.kind in (MatchKind.SINGLE, MatchKind.LIST):
+            return _chain(self._gsi(2, keys.exact_pk("I", v)) for v in uid.values)
+        series_uid = q.term("SeriesInstanceUID")
+        if series_uid is not None and series_uid.kind in (MatchKind.SINGLE, MatchKind.LIST):
+            series = _chain(self._gsi(2, keys.exact_pk("SE", v)) for v in series_uid.values)
+            return _chain(self._instances_in(s.study_uid, s.series_uid) for s in series)
+        selective = self._selective_studies()
+        if selective is not None:
+            return _chain(self._instances_in_study(s.study_uid) for s in selective)
+        for keyword, (number, prefix) in {"SOPClassUID": (3, "CLS"), "InstanceNumber": (4, "INUM")}.items():
+            term = q.term(keyword)
+            if term is not None and term.kind in (MatchKind.SINGLE, MatchKind.LIST):
+                values = [str(int(v)) if keyword == "InstanceNumber" else v for v in term.values]
+                pks = [keys.sharded_pk(prefix, v, s) for v in values for s in range(keys.SHARDS)]
+                return self._merged_shards(number, pks)
+        series_source = self._series_by_series_keys()
+        if series_source is not None:
+            return _chain(self._instances_in(s.study_uid, s.series_uid) for s in series_source)
+        broad = self._broad_studies()
+        if broad is not None:
+            return _chain(self._instances_in_study(s.study_uid) for s in broad)
+        raise PayloadTooLarge(
+            "Searching all instances needs a key: add a study, series or instance key "
+            "(StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, PatientID, ...), or search within a study."
+        )
+
+    def _instances_in(self, study: str, series: str) -> Iterator[InstanceItem]:
+        items = self._partition(study, f"INSTANCE#{series}#")
+        return iter(sorted((i for i in items if isinstance(i, InstanceItem)), key=_instance_order))
+
+    def _instances_in_study(self, study: str) -> Iterator[InstanceItem]:
+        series_order = {s.series_uid: n for n, s in enumerate(self._series_in_studies([study]))}
+        items = [i for i in self._partition(study, "INSTANCE#") if isinstance(i, InstanceItem)]
+        return iter(sorted(items, key=lambda i: (series_order.get(i.series_uid, 0), *_instance_order(i))))
+
+    # -------------------------------------------------------------- DynamoDB access
+    def _counted(self, items: Iterable[IndexItem]) -> Iterator[Any]:
+        for item in items:
+            self.stats.count()
+            yield item
+
+    def _gsi(
+        self, number: int, pk: str, *, begins_with: str | None = None, descending: bool = False
+    ) -> Iterator[Any]:
+        index = getattr(IndexItem, f"g{number}")
+        sk_attribute = getattr(IndexItem, f"g{number}sk")
+        condition = sk_attribute.startswith(begins_with) if begins_with else None
+        self.stats.queries += 1
+        return self._counted(index.query(pk, condition, scan_index_forward=not descending, page_size=100))
+
+    def _merged_shards(
+        self, number: int, pks: Sequence[str], bounds: tuple[str | None, str | None] = (None, None)
+    ) -> Iterator[Any]:
+        """Several partitions of one GSI merged newest first (descending sort key)."""
+        index = getattr(IndexItem, f"g{number}")
+        sk_attribute = getattr(IndexItem, f"g{number}sk")
+        low, high = bounds
+        condition = None
+        if low and high:
+            condition = sk_attribute.between(low, high)
+        elif low:
+            condition = sk_attribute >= low
+        elif high:
+            condition = sk_attribute <= high
+        page = max(8, (self.query.offset + (self.query.limit or MAX_LIMIT)) // max(1, keys.SHARDS) + 2)
+
+        def stream(pk: str) -> Iterator[Any]:
+            self.stats.queries += 1
+            return self._counted(
+                index.query(pk, condition, scan_index_forward=False, page_size=min(page, 1000))
+            )
+
+        key_name = f"g{number}sk"
+        return heapq.merge(*(stream(pk) for pk in pks), key=lambda i: getattr(i, key_name), reverse=True)
+
+    def _partition(self, study: str, prefix: str) -> list[IndexItem]:
+        self.stats.queries += 1
+        return list(
+            self._counted(IndexItem.query(study_pk(study), IndexItem.sk.startswith(prefix), page_size=1000))
+        )
+
+    def _batch_get(self, item_keys: Sequence[tuple[str, str]]) -> list[IndexItem]:
+        found: list[IndexItem] = []
+        for start in range(0, len(item_keys), _BATCH_GET):
+            found += self._counted(IndexItem.batch_get(item_keys[start : start + _BATCH_GET]))
+        return found
+
+    def _registry(self, name: str) -> set[str]:
+        try:
+            item = RegistryItem.get(*RegistryItem.key(name))
+        except RegistryItem.DoesNotExist:
+            return set()
+        self.stats.count()
+        return set(item.values or ())
+
+    def _postings(self, family: str, term: str) -> Iterator[PostingItem]:
+        self.stats.queries += 1
+        return self._counted(
+            PostingItem.query(keys.posting_pk(family, term), PostingItem.sk.startswith(term), page_size=200)
+        )
+
+    def _postings_studies(self, family: str, term: str) -> Iterator[StudyItem]:
+        uids = _unique_strings(p.study_uid for p in self._postings(family, term))
+        for chunk in _chunks(uids, _BATCH_GET):
+            found = {
+                i.pk: i
+                for i in self._batch_get([StudyItem.key(u) for u in chunk])
+                if isinstance(i, StudyItem)
+            }
+            yield from (found[study_pk(u)] for u in chunk if study_pk(u) in found)
+
+    def _postings_series(self, family: str, term: str) -> Iterator[SeriesItem]:
+        pairs = _unique_strings(
+            f"{p.study_uid}#{p.series_uid}"
+            for p in self._postings(family, term)
+            if p.sk.startswith(f"{term}#")
+        )
+        for chunk in _chunks(pairs, _BATCH_GET):
+            wanted = [SeriesItem.key(*pair.split("#", 1)) for pair in chunk]
+            found = {(i.pk, i.sk): i for i in self._batch_get(wanted) if isinstance(i, SeriesItem)}
+            yield from (found[k] for k in wanted if k in found)
+
+
+_NAME_KEYS_BY_PREFIX = {prefix: number for number, prefix in _NAME_KEYS.values()}
+
+
+def _series_order(item: SeriesItem) -> tuple[int, str]:
+    number = _first_int(item.dicom_json, "00200011")
+    return (number if number is not None else 1 << 31, item.series_uid)
+
+
+def _instance_order(item: InstanceItem) -> tuple[int, str]:
+    number = _first_int(item.dicom_json, "00200013")
+    return (number if number is not None else 1 << 31, item.sop_uid)
+
+
+def _first_int(dicom_json: str, tag: str) -> int | None:
+    value = keys.first_value(json.loads(dicom_json), tag)
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The literal characters before the first wildcard ('' if it starts with one)."""
+    for position, ch in enumerate(pattern):
+        if ch in "*?":
+            return pattern[:position]
+    return pattern
+
+
+def _longest_literal(pattern: str) -> str:
+    runs = [run for run in pattern.replace("?", "*").split("*") if run]
+    return max(runs, key=len, default="")
+
+
+def _unique_strings(values: Iterable[str]) -> Iterator[str]:
+    seen: set[str] = set()
+    for value in values:
+        if value not in seen:
+            seen.add(value)
+            yield value
+
+
+def _chunks(values: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(values)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _chain(iterables: Iterable[Iterable[Any]]) -> Iterator[Any]:
+    for iterable in iterables:
+        yield from iterable
