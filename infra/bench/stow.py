@@ -19,7 +19,7 @@ from infra.local.serve import LocalStack, Options
 from tests.generate import make_dataset, new_uid, to_part10
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -88,11 +88,12 @@ def run(*, quick: bool = False) -> str:
     with tempfile.TemporaryDirectory() as local_dir:
         options = Options(
             host="127.0.0.1",
-            port=_free_port(),
+            port=free_port(),
             local_dir=Path(local_dir),
             auth=True,
             load=None,
             cors_origins=(),
+            persist=False,
         )
         stack = LocalStack(options)
         stack.start()

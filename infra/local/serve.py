@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from moto.server import ThreadedMotoServer
 
@@ -68,6 +69,7 @@ class Options:
     auth: bool
     load: Path | None
     cors_origins: tuple[str, ...]
+    persist: bool = True  # snapshot moto to $LOCAL_DIR (the benchmarks turn it off)
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> Options:
@@ -223,25 +225,30 @@ class LocalStack:
     def _drain_events(self) -> None:
         sqs = self.stack.client("sqs")
         while not self._stopping.is_set():
-            try:
-                messages = sqs.receive_message(
-                    QueueUrl=self._event_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
-                ).get("Messages", [])
-            except Exception as exc:  # moto stopping under us at shutdown
-                if not self._stopping.is_set():
-                    print(f"event log: {exc!r}", flush=True)
-                time.sleep(0.5)
-                continue
-            if not messages:
-                continue
-            with open(self.events_path, "a", encoding="utf-8") as log:
-                for message in messages:
-                    log.write(json.dumps(json.loads(message["Body"]), separators=(",", ":")) + "\n")
-            sqs.delete_message_batch(
-                QueueUrl=self._event_queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
-            )
-            self._dirty.set()
+            # Counted as activity, so a snapshot never pickles SQS in the middle of a receive.
+            with self.gateway.activity.running():
+                self._drain_once(sqs)
+
+    def _drain_once(self, sqs: Any) -> None:
+        try:
+            messages = sqs.receive_message(
+                QueueUrl=self._event_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            ).get("Messages", [])
+        except Exception as exc:  # moto stopping under us at shutdown
+            if not self._stopping.is_set():
+                print(f"event log: {exc!r}", flush=True)
+            time.sleep(0.5)
+            return
+        if not messages:
+            return
+        with open(self.events_path, "a", encoding="utf-8") as log:
+            for message in messages:
+                log.write(json.dumps(json.loads(message["Body"]), separators=(",", ":")) + "\n")
+        sqs.delete_message_batch(
+            QueueUrl=self._event_queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )
+        self._dirty.set()
 
     # ---------------------------------------------------------------- state
     def _snapshot_loop(self) -> None:
@@ -250,6 +257,8 @@ class LocalStack:
                 self.save()
 
     def save(self) -> None:
+        if not self.options.persist:
+            return
         with self.gateway.activity.paused():
             self._dirty.clear()
             snapshot.save(self.snapshot_path)

@@ -64,6 +64,10 @@ class _Context:
 def _worker_main(config: FunctionConfig, connection: Connection) -> None:
     """The body of a worker process: import the handler once, then serve invocations."""
     os.environ.update(config.environment)
+    # A spawned child re-imports the parent's __main__, which may have imported the
+    # core already with the parent's environment: start the function from a cold state.
+    for name in [n for n in sys.modules if n == "dicomweb_core" or n.startswith("dicomweb_core.")]:
+        del sys.modules[name]
     for layer in config.layer_dirs:
         sys.path.insert(0, str(layer / "python"))
     sys.path.insert(0, str(config.code_dir))

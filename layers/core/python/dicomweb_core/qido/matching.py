@@ -90,9 +90,10 @@ def matches_value(term: Term, value: Any, *, fuzzy: bool = False) -> bool:
 
 def _comparable(vr: str, text: str, *, upper: bool = False) -> str:
     if vr == "TM":
-        digits = text.replace(":", "").split(".", 1)[0]
+        # HHMMSS.FFFFFF: an upper bound covers every instant of its precision, fractions count.
+        digits, _, fraction = text.replace(":", "").partition(".")
         pad = "9" if upper else "0"
-        return (digits + pad * 6)[:6]
+        return f"{(digits + pad * 6)[:6]}.{(fraction + pad * 6)[:6]}"
     return text
 
 

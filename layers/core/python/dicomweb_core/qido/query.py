@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from urllib.parse import parse_qsl
 
@@ -19,6 +20,8 @@ from dicomweb_core.uid import is_valid_uid
 MAX_LIMIT = 1000
 MAX_QUERY_CHARS = 8192
 _CONTROL = frozenset({"includefield", "limit", "offset", "fuzzymatching"})
+# Query parameters that are not matching keys (PS3.18 Table 10.6.1-2): content negotiation.
+_IGNORED = frozenset({"accept", "charset"})
 _NO_WILDCARDS = frozenset({"DA", "TM", "DT", "UI", "IS", "DS", "US", "UL", "SS", "SL", "FL", "FD"})
 _LISTS = frozenset({"UI", "CS"})
 _DATE = re.compile(r"\d{8}")
@@ -90,6 +93,8 @@ def parse_query(
                 else:
                     include.append(resolve(field_name))
             continue
+        if name in _IGNORED:
+            continue
         if name in _CONTROL:
             if name in controls:
                 raise BadRequest(f"The parameter {name} is given more than once.")
@@ -101,6 +106,7 @@ def parse_query(
                 f"The matching key {term.attribute.keyword} is given more than once (PS3.18 §8.3.4.1)."
             )
         terms[term.attribute.keyword] = term
+    _check_time_range(terms.get("StudyTime"), terms.get("StudyDate"))
     fuzzy = _boolean(controls.get("fuzzymatching", "false"), "fuzzymatching")
     return QidoQuery(
         level=level,
@@ -159,17 +165,54 @@ def _range(attribute: SearchAttribute, value: str) -> Term:
     for bound in (low, high):
         if bound:
             _check_value(attribute, bound)
-    if low and high and low > high:
+    # StudyTime may wrap past midnight when a StudyDate range goes with it (checked by the caller).
+    backwards = bool(low and high) and _ordered(attribute.vr, low) > _ordered(attribute.vr, high, upper=True)
+    if backwards and attribute.keyword != "StudyTime":
         raise BadRequest(f"{attribute.keyword} range starts after it ends.")
     return Term(attribute, MatchKind.RANGE, (value,), low or None, high or None)
+
+
+def _ordered(vr: str, bound: str, *, upper: bool = False) -> str:
+    """A range bound in a form that sorts: TM bounds padded to HHMMSS.FFFFFF."""
+    if vr != "TM":
+        return bound
+    digits, _, fraction = bound.replace(":", "").partition(".")
+    pad = "9" if upper else "0"
+    return f"{(digits + pad * 6)[:6]}.{(fraction + pad * 6)[:6]}"
+
+
+def _check_time_range(time: Term | None, date: Term | None) -> None:
+    """A StudyTime range ending before it starts is one date-time range with a StudyDate
+    range (PS3.4 C.2.2.2.5.2, e.g. 2300-0100 across midnight); alone it is an error."""
+    if time is None or time.kind is not MatchKind.RANGE or not time.low or not time.high:
+        return
+    if date is not None and date.kind is MatchKind.RANGE:
+        return
+    if _ordered("TM", time.low) > _ordered("TM", time.high, upper=True):
+        raise BadRequest(
+            "StudyTime range starts after it ends (only with a StudyDate range may it cross midnight)."
+        )
+
+
+def _valid_date(value: str) -> bool:
+    try:
+        datetime.strptime(value, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_time(value: str) -> bool:
+    digits = value.replace(":", "").split(".", 1)[0]
+    return int(digits[0:2]) < 24 and int(digits[2:4] or 0) < 60 and int(digits[4:6] or 0) < 61
 
 
 def _check_value(attribute: SearchAttribute, value: str) -> None:
     vr = attribute.vr
     problem = None
-    if vr == "DA" and not _DATE.fullmatch(value):
+    if vr == "DA" and not (_DATE.fullmatch(value) and _valid_date(value)):
         problem = "a date YYYYMMDD"
-    elif vr == "TM" and not _TIME.fullmatch(value.replace(":", "")):
+    elif vr == "TM" and not (_TIME.fullmatch(value.replace(":", "")) and _valid_time(value)):
         problem = "a time HHMMSS[.FFFFFF] (HH and HHMM allowed)"
     elif vr == "UI" and not is_valid_uid(value):
         problem = "a UID (digits and dots, at most 64 characters, no leading zeros)"

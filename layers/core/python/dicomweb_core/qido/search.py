@@ -40,6 +40,7 @@ from dicomweb_core.qido.normalize import person_name, words
 from dicomweb_core.qido.query import MAX_LIMIT, MatchKind, QidoQuery
 
 DEFAULT_READ_BUDGET = 20_000
+MODALITIES_IN_STUDY = "00080061"
 _BATCH_GET = 100
 Entity = StudyItem | SeriesItem | InstanceItem
 
@@ -80,7 +81,7 @@ def search(query: QidoQuery, *, budget: int = DEFAULT_READ_BUDGET) -> SearchResu
         limit = MAX_LIMIT
     planner = _Planner(query, stats)
     candidates = _unique(planner.candidates())
-    matching = (item for item in candidates if matches_all(query, view(item)))
+    matching = (item for item in candidates if matches_all(query, planner.matchable(item)))
     page = list(islice(matching, query.offset, query.offset + limit + 1))
     return SearchResult(page[:limit], len(page) > limit, stats, warnings)
 
@@ -93,7 +94,7 @@ def view(item: Entity) -> dict[str, Any]:
         merged = json.loads(item.dicom_json)
         modalities = sorted(item.modalities or ())
         if modalities:
-            merged["00080061"] = {"vr": "CS", "Value": modalities}
+            merged[MODALITIES_IN_STUDY] = {"vr": "CS", "Value": modalities}
         merged["00201206"] = {"vr": "IS", "Value": [int(item.series_count)]}
         merged["00201208"] = {"vr": "IS", "Value": [int(item.instance_count)]}
         return merged
@@ -130,6 +131,21 @@ class _Planner:
     def __init__(self, query: QidoQuery, stats: ReadStats) -> None:
         self.query = query
         self.stats = stats
+        self._modalities: dict[str, list[str]] = {}
+
+    def matchable(self, item: Entity) -> dict[str, Any]:
+        """The view a candidate is matched on. A series or instance has no ModalitiesInStudy
+        of its own: when a key asks for it, the study's is added (read once per study)."""
+        merged = view(item)
+        term = self.query.term("ModalitiesInStudy")
+        if isinstance(item, StudyItem) or term is None or term.kind is MatchKind.UNIVERSAL:
+            return merged
+        if item.study_uid not in self._modalities:
+            found = [i for i in self._batch_get([StudyItem.key(item.study_uid)]) if isinstance(i, StudyItem)]
+            self._modalities[item.study_uid] = sorted(found[0].modalities or ()) if found else []
+        if self._modalities[item.study_uid]:
+            merged[MODALITIES_IN_STUDY] = {"vr": "CS", "Value": self._modalities[item.study_uid]}
+        return merged
 
     def candidates(self) -> Iterator[Entity]:
         q = self.query
@@ -203,20 +219,23 @@ class _Planner:
         )
 
     def _studies_by_date(self, low: str | None, high: str | None) -> Iterator[StudyItem]:
-        months = self._registry(STUDY_MONTHS)
-        chosen = sorted(
-            (
-                m
-                for m in months
-                if m != "none" and (low is None or m >= low[:6]) and (high is None or m <= high[:6])
-            ),
-            reverse=True,
-        )
-        if low is None and high is None and "none" in months:
-            chosen.append("none")
+        """Newest first: month by month (descending), each month's shards merged."""
         bounds = (f"{low}000000" if low else None, f"{high}235959~" if high else None)
-        return self._merged_shards(
-            1, [keys.date_pk(m, s) for m in chosen for s in range(keys.SHARDS)], bounds
+        months = _months_between(low, high) if low and high else None
+        if months is None or len(months) > MAX_ENUMERATED_MONTHS:
+            registered = self._registry(STUDY_MONTHS)
+            months = sorted(
+                (
+                    m
+                    for m in registered
+                    if m != "none" and (not low or m >= low[:6]) and (not high or m <= high[:6])
+                ),
+                reverse=True,
+            )
+            if low is None and high is None and "none" in registered:
+                months.append("none")
+        return _chain(
+            self._merged_shards(1, [keys.date_pk(m, s) for s in range(keys.SHARDS)], bounds) for m in months
         )
 
     def _studies_by_modalities(self, wanted: set[str]) -> Iterator[StudyItem]:
@@ -280,8 +299,10 @@ class _Planner:
                 reverse=True,
             )
             bounds = (f"{low}" if low else None, f"{high}~" if high else None)
-            pks = [keys.date_pk(m, s) for m in months for s in range(keys.SHARDS)]
-            return self._merged_shards(5, pks, bounds)
+            return _chain(
+                self._merged_shards(5, [keys.date_pk(m, s) for s in range(keys.SHARDS)], bounds)
+                for m in months
+            )
         for keyword, family in (
             ("RequestAttributesSequence.ScheduledProcedureStepID", "SPS"),
             ("RequestAttributesSequence.RequestedProcedureID", "RP"),
@@ -428,6 +449,18 @@ class _Planner:
 
 
 _NAME_KEYS_BY_PREFIX = {prefix: number for number, prefix in _NAME_KEYS.values()}
+MAX_ENUMERATED_MONTHS = 36  # a closed date range up to three years is queried month by month
+
+
+def _months_between(low: str, high: str) -> list[str]:
+    """YYYYMM values from ``high`` down to ``low`` (both YYYYMMDD)."""
+    year, month = int(high[:4]), int(high[4:6])
+    first = (int(low[:4]), int(low[4:6]))
+    months: list[str] = []
+    while (year, month) >= first and len(months) <= MAX_ENUMERATED_MONTHS:
+        months.append(f"{year:04d}{month:02d}")
+        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+    return months
 
 
 def _series_order(item: SeriesItem) -> tuple[int, str]:
