@@ -15,7 +15,7 @@ import io
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
@@ -28,6 +28,8 @@ from pydicom.valuerep import VR
 
 from dicomweb_core.config import Limits
 from dicomweb_core.failures import FailureReason, InstanceRejected
+from dicomweb_core.frames import FrameIndex, frame_index
+from dicomweb_core.metadata import instance_metadata
 from dicomweb_core.uid import is_valid_uid
 
 PREAMBLE_LENGTH = 128
@@ -102,6 +104,8 @@ class ReceivedInstance:
     study_json: dict[str, Any]
     series_json: dict[str, Any]
     instance_json: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)  # WADO-RS metadata (metadata.py)
+    frames: FrameIndex | None = None  # byte ranges of each frame (frames.py)
 
     @property
     def size(self) -> int:
@@ -140,6 +144,13 @@ def read_instance(data: bytes | memoryview, *, limits: Limits) -> ReceivedInstan
             study_json=level_json(dataset, STUDY_KEYWORDS),
             series_json=level_json(dataset, SERIES_KEYWORDS),
             instance_json=level_json(dataset, INSTANCE_KEYWORDS),
+            metadata=instance_metadata(
+                dataset,
+                study=uids["StudyInstanceUID"],
+                series=uids["SeriesInstanceUID"],
+                sop=uids["SOPInstanceUID"],
+            ),
+            frames=frame_index(dataset, stored, transfer_syntax),
         )
     except InstanceRejected as exc:
         raise exc.with_uids(sop_class, sop_instance) from None

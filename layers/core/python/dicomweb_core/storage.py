@@ -25,12 +25,25 @@ def instance_key(study: str, series: str, sop: str) -> str:
     return f"studies/{study}/series/{series}/instances/{sop}.dcm"
 
 
+def metadata_key(study: str, series: str, sop: str) -> str:
+    """S3 key of an instance's WADO-RS metadata document (built at ingest)."""
+    return f"studies/{study}/series/{series}/instances/{sop}.json"
+
+
+def series_metadata_key(study: str, series: str, version: str) -> str:
+    """S3 key of a series' pre-built metadata document; immutable per series version."""
+    return f"cache/metadata/{study}/{series}/{version}.json.gz"
+
+
 class InstanceStore(Protocol):
     def put(self, key: str, data: bytes, *, sha256_hex: str) -> str | None:
         """Store ``data`` under ``key``; return the new object version id."""
 
     def delete_version(self, key: str, version_id: str) -> None:
         """Remove one version this process wrote and no index item references."""
+
+    def put_document(self, key: str, body: bytes, *, content_type: str, encoding: str | None = None) -> None:
+        """Store a derived document (metadata) next to the instances."""
 
 
 class S3InstanceStore:
@@ -59,6 +72,56 @@ class S3InstanceStore:
 
     def delete_version(self, key: str, version_id: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+
+    def put_document(self, key: str, body: bytes, *, content_type: str, encoding: str | None = None) -> None:
+        arguments: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": body,
+            "ContentType": content_type,
+        }
+        if encoding:
+            arguments["ContentEncoding"] = encoding
+        self.client.put_object(**arguments)
+
+
+class ObjectReader:
+    """Reads stored objects, whole or by byte range, and counts what it read."""
+
+    def __init__(self, bucket: str, *, client: Any = None) -> None:
+        self.bucket = bucket
+        self._client = client
+        self.requests = 0
+        self.bytes_read = 0
+
+    @cached_property
+    def client(self) -> S3Client:
+        return self._client or boto3.client("s3")
+
+    def read(
+        self, key: str, *, version_id: str | None = None, byte_range: tuple[int, int] | None = None
+    ) -> bytes:
+        """The object's bytes; ``byte_range`` is (offset, length). Missing → KeyError."""
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if version_id:
+            arguments["VersionId"] = version_id
+        if byte_range is not None:
+            offset, length = byte_range
+            arguments["Range"] = f"bytes={offset}-{offset + length - 1}"
+        try:
+            body: bytes = self.client.get_object(**arguments)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise KeyError(key) from None
+        self.requests += 1
+        self.bytes_read += len(body)
+        return body
+
+    def presigned_url(self, key: str, *, version_id: str | None, expires_in: int = 300) -> str:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if version_id:
+            params["VersionId"] = version_id
+        url: str = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+        return url
 
 
 def sha256_hex(data: bytes) -> str:

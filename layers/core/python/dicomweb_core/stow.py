@@ -8,6 +8,7 @@ new version and indexes it exactly once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -24,10 +25,11 @@ from dicomweb_core.instance import ReceivedInstance, read_instance
 from dicomweb_core.mediatype import parse_media_type
 from dicomweb_core.multipart import boundary_of, split_parts
 from dicomweb_core.observability import logger
-from dicomweb_core.storage import InstanceStore, instance_key
+from dicomweb_core.storage import InstanceStore, instance_key, metadata_key
 from dicomweb_core.uri import DicomWebURI
 
 DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
 MULTIPART_RELATED = "multipart/related"
 
 
@@ -190,10 +192,15 @@ class StowService:
         )
 
     def _put(self, instance: ReceivedInstance) -> StoredObject:
-        key = instance_key(
-            instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
-        )
+        """The instance's bytes, then its WADO-RS metadata document, both before the index."""
+        uids = (instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid)
+        key = instance_key(*uids)
         version_id = self.store.put(key, instance.data, sha256_hex=instance.sha256)
+        self.store.put_document(
+            metadata_key(*uids),
+            json.dumps(instance.metadata, separators=(",", ":")).encode(),
+            content_type=DICOM_JSON,
+        )
         return StoredObject(key, version_id, instance.sha256, instance.size)
 
     def _discard(self, stored: StoredObject) -> None:

@@ -140,6 +140,7 @@ class InstanceItem(IndexItem, discriminator="instance"):
     s3_version_id = UnicodeAttribute(null=True)
     sha256 = UnicodeAttribute()
     size = NumberAttribute()
+    frame_index = UnicodeAttribute(null=True)  # JSON: byte ranges of each frame (frames.py)
 
     @staticmethod
     def key(study: str, series: str, sop: str) -> tuple[str, str]:

@@ -220,9 +220,16 @@ class IndexWriter:
                     InstanceItem.size.set(stored.size),
                     InstanceItem.transfer_syntax_uid.set(instance.transfer_syntax_uid),
                     InstanceItem.dicom_json.set(json.dumps(instance.instance_json)),
+                    _set_or_remove(InstanceItem.frame_index, _frame_index_json(instance)),
                     InstanceItem.updated_at.set(now),
                 ],
                 condition=InstanceItem.pk.exists(),
+            )
+            # The series' metadata version moves, so its cached document is rebuilt.
+            tx.update(
+                SeriesItem(*SeriesItem.key(instance.study_instance_uid, instance.series_instance_uid)),
+                actions=[SeriesItem.updated_at.set(now)],
+                condition=SeriesItem.pk.exists(),
             )
 
     def _transact_add(self, instance: ReceivedInstance, stored: StoredObject, context: _Context) -> None:
@@ -373,9 +380,16 @@ def _instance_item(
         s3_version_id=stored.version_id,
         sha256=stored.sha256,
         size=stored.size,
+        frame_index=_frame_index_json(instance),
         updated_at=now,
     )
     return _with_index_attributes(item, attributes)
+
+
+def _frame_index_json(instance: ReceivedInstance) -> str | None:
+    if instance.frames is None:
+        return None
+    return json.dumps({"encapsulated": instance.frames.encapsulated, "frames": instance.frames.to_json()})
 
 
 def _with_index_attributes(item: _Item, attributes: dict[str, str]) -> _Item:

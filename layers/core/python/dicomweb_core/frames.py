@@ -1,0 +1,104 @@
+"""Where each frame's bytes are in a stored Part 10 file, recorded at ingest.
+
+WADO-RS frame retrieval (PS3.18 §10.4.1.1.4) then reads exactly those byte ranges from
+S3 instead of the whole object. Native pixel data: frame *k* is a fixed-size slice.
+Encapsulated pixel data (PS3.5 A.4): fragments are located once; frames map to
+fragments through the Basic Offset Table, one fragment per frame, or all fragments for a
+single frame. Anything else (deflated data sets, bit-packed frames, fragments that
+cannot be assigned) has no index and is served by reading the whole object.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.encaps import parse_fragments
+from pydicom.uid import UID
+
+PIXEL_DATA = 0x7FE00010
+ITEM_TAG = b"\xfe\xff\x00\xe0"
+UNDEFINED = 0xFFFFFFFF
+Range = tuple[int, int]  # (offset in the object, length)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameIndex:
+    """Byte ranges of every frame: one range (native) or the frame's fragments."""
+
+    frames: tuple[tuple[Range, ...], ...]
+    encapsulated: bool
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def to_json(self) -> list[list[list[int]]]:
+        return [[list(r) for r in frame] for frame in self.frames]
+
+    @classmethod
+    def from_json(cls, frames: list[list[list[int]]], *, encapsulated: bool) -> FrameIndex:
+        return cls(tuple(tuple((int(o), int(n)) for o, n in frame) for frame in frames), encapsulated)
+
+
+def frame_index(dataset: Dataset, data: bytes, transfer_syntax_uid: str) -> FrameIndex | None:
+    """The frames of ``dataset`` as parsed from ``data``, or None when not indexable."""
+    if not UID(transfer_syntax_uid).is_little_endian or UID(transfer_syntax_uid).is_deflated:
+        return None
+    raw = dataset.get_item(PIXEL_DATA)
+    if not isinstance(raw, RawDataElement) or raw.value_tell is None:
+        return None
+    try:
+        count = int(dataset.get("NumberOfFrames") or 1)
+        if count < 1:
+            return None
+        if raw.length != UNDEFINED:
+            return _native(dataset, raw, count)
+        return _encapsulated(data, raw.value_tell, count)
+    except (ValueError, TypeError, AttributeError, struct.error):
+        return None  # attributes the frame geometry depends on are missing or malformed
+
+
+def _native(dataset: Dataset, raw: RawDataElement, count: int) -> FrameIndex | None:
+    bits = int(dataset.get("BitsAllocated") or 0)
+    if bits == 0 or bits % 8:
+        return None  # bit-packed frames do not start on byte boundaries
+    size = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel") or 1) * bits // 8
+    if size <= 0 or size * count > raw.length:
+        return None
+    start = raw.value_tell
+    return FrameIndex(tuple(((start + k * size, size),) for k in range(count)), encapsulated=False)
+
+
+def _encapsulated(data: bytes, value_at: int, count: int) -> FrameIndex | None:
+    if data[value_at : value_at + 4] != ITEM_TAG:
+        return None
+    (bot_length,) = struct.unpack_from("<I", data, value_at + 4)
+    first_fragment = value_at + 8 + bot_length
+    offsets = list(struct.unpack_from(f"<{bot_length // 4}I", data, value_at + 8)) if bot_length else []
+    stream = io.BytesIO(data)
+    stream.seek(first_fragment)
+    try:
+        _, positions = parse_fragments(stream)
+    except (ValueError, struct.error):
+        return None
+    fragments = []
+    for at in positions:  # absolute offsets of each fragment's item tag
+        (length,) = struct.unpack_from("<I", data, at + 4)
+        fragments.append((at - first_fragment, (at + 8, length)))
+    if not fragments:
+        return None
+    if count == 1:
+        groups = [[f for _, f in fragments]]
+    elif len(offsets) == count:
+        bounds = [*offsets, 1 << 62]
+        groups = [[f for p, f in fragments if bounds[k] <= p < bounds[k + 1]] for k in range(count)]
+    elif len(fragments) == count:
+        groups = [[f] for _, f in fragments]
+    else:
+        return None
+    if any(not group for group in groups):
+        return None
+    return FrameIndex(tuple(tuple(group) for group in groups), encapsulated=True)
