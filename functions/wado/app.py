@@ -1,0 +1,85 @@
+"""WADO-RS handler: instances, metadata, frames and bulk data (PS3.18 §10.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from dicomweb_core import http
+from dicomweb_core.config import settings
+from dicomweb_core.errors import DicomWebError
+from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
+from dicomweb_core.storage import ObjectReader, S3InstanceStore
+from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.wado.service import Request, RetrieveService
+
+app = APIGatewayHttpResolver()
+app.exception_handler(DicomWebError)(http.error_response)
+app.exception_handler(Exception)(http.unexpected_error_response)
+
+SETTINGS = settings()
+READER = ObjectReader(SETTINGS.bucket_name)
+SERVICE = RetrieveService(settings=SETTINGS, reader=READER, cache=S3InstanceStore(SETTINGS.bucket_name))
+
+
+def _request() -> tuple[Request, str]:
+    event = app.current_event
+    base_url = http.base_url(event, SETTINGS.public_base_url)
+    path = event.raw_path.split("/bulkdata/", 1)[0]
+    request = Request(
+        uri=DicomWebURI.from_path(base_url, path),
+        accept=http.header(event, "accept"),
+        query=dict(event.query_string_parameters or {}),
+        if_none_match=http.header(event, "if-none-match"),
+        accepts_gzip="gzip" in (http.header(event, "accept-encoding") or ""),
+    )
+    return request, base_url
+
+
+@app.get("/studies/<study>")
+@app.get("/studies/<study>/series/<series>")
+@app.get("/studies/<study>/series/<series>/instances/<instance>")
+@tracer.capture_method
+def retrieve_instances(**_: str) -> Response[bytes]:
+    request, _base = _request()
+    return _measured(SERVICE.instances(request))
+
+
+@app.get("/studies/<study>/metadata")
+@app.get("/studies/<study>/series/<series>/metadata")
+@app.get("/studies/<study>/series/<series>/instances/<instance>/metadata")
+@tracer.capture_method
+def retrieve_metadata(**_: str) -> Response[bytes]:
+    request, base_url = _request()
+    return _measured(SERVICE.metadata(request, base_url=base_url))
+
+
+@app.get("/studies/<study>/series/<series>/instances/<instance>/frames/<frames>")
+@tracer.capture_method
+def retrieve_frames(**_: str) -> Response[bytes]:
+    request, _base = _request()
+    return _measured(SERVICE.frames(request))
+
+
+@app.get("/studies/<study>/series/<series>/instances/<instance>/bulkdata/<path>")
+@tracer.capture_method
+def retrieve_bulkdata(path: str, **_: str) -> Response[bytes]:
+    request, _base = _request()
+    return _measured(SERVICE.bulkdata(request, path))
+
+
+def _measured(response: Response[bytes]) -> Response[bytes]:
+    metrics.add_metric("S3Reads", MetricUnit.Count, READER.requests)
+    metrics.add_metric("S3BytesRead", MetricUnit.Bytes, READER.bytes_read)
+    READER.requests = READER.bytes_read = 0
+    return response
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,359 @@
+"""WADO-RS retrieval (PS3.18 §10.4): instances, metadata, frames and bulk data.
+
+Reads go through an :class:`ObjectReader` that counts requests and bytes, so tests and
+the benchmark can check how much each answer costs. Responses never exceed what a
+Lambda can return (about 4.4 MB of raw body): a larger single instance is answered with
+a redirect to a short-lived presigned URL, a larger multipart answer with 413 and what
+to do instead (docs/conformance.md).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import pydicom
+from aws_lambda_powertools.event_handler import Response
+from pydicom.encaps import generate_frames
+from pydicom.uid import UID
+
+from dicomweb_core.config import Settings
+from dicomweb_core.dicom_xml import to_xml
+from dicomweb_core.errors import BadRequest, NotFound, PayloadTooLarge
+from dicomweb_core.frames import FrameIndex
+from dicomweb_core.index.models import InstanceItem
+from dicomweb_core.index.reader import instances_of, series_item, series_of
+from dicomweb_core.mediatype import MediaType
+from dicomweb_core.metadata import render
+from dicomweb_core.multipart import encode_multipart, multipart_content_type
+from dicomweb_core.negotiation import negotiate
+from dicomweb_core.storage import InstanceStore, ObjectReader, metadata_key, series_metadata_key
+from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.wado import media
+
+RESPONSE_LIMIT = 4_400_000  # raw bytes: base64 in the Lambda response must stay under 6 MB
+REDIRECT_SECONDS = 300
+METADATA_OFFERS = (
+    MediaType(media.DICOM_JSON),
+    MediaType("multipart/related", (("type", media.DICOM_XML),)),
+    MediaType("application/json"),
+)
+IMMUTABLE = "private, max-age=31536000, immutable"
+REVALIDATE = "private, no-cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the handler passes in: the parsed URI and the negotiation inputs."""
+
+    uri: DicomWebURI
+    accept: str | None
+    query: dict[str, str]
+    if_none_match: str | None
+    accepts_gzip: bool
+
+
+class RetrieveService:
+    def __init__(self, *, settings: Settings, reader: ObjectReader, cache: InstanceStore) -> None:
+        self.settings = settings
+        self.reader = reader
+        self.cache = cache
+
+    # ------------------------------------------------------------------ instances
+    def instances(self, request: Request) -> Response[bytes]:
+        """Study, series or instance retrieval (PS3.18 §10.4.1.1.1)."""
+        items = instances_of(request.uri)
+        choice = media.choose(
+            request.accept,
+            part_types=lambda t: t == media.DICOM,
+            default_part=media.DICOM,
+            single_part=request.uri.instance is not None,
+            producible=lambda ts: all(media.can_produce(ts, i.transfer_syntax_uid) for i in items),
+            query=request.query,
+        )
+        total = sum(int(i.size) for i in items)
+        if total > RESPONSE_LIMIT:
+            return self._too_large_for_instances(items, choice)
+        bodies = [(i, self._instance_bytes(i, choice.transfer_syntax)) for i in items]
+        if not choice.multipart:
+            ((item, body),) = bodies
+            return _response(body, media.DICOM, cache=IMMUTABLE, etag=item.sha256)
+        parts = [
+            ({"Content-Type": f"{media.DICOM}; transfer-syntax={_actual(choice, i)}"}, body)
+            for i, body in bodies
+        ]
+        body, boundary = encode_multipart(parts)
+        return _response(body, multipart_content_type(boundary, media.DICOM), cache=IMMUTABLE)
+
+    def _too_large_for_instances(
+        self, items: Sequence[InstanceItem], choice: media.Choice
+    ) -> Response[bytes]:
+        item = items[0]
+        if len(items) == 1 and choice.transfer_syntax in (media.AS_STORED, item.transfer_syntax_uid):
+            url = self.reader.presigned_url(
+                item.s3_key, version_id=item.s3_version_id, expires_in=REDIRECT_SECONDS
+            )
+            return Response(status_code=int(HTTPStatus.SEE_OTHER), body=b"", headers={"Location": url})
+        raise PayloadTooLarge(
+            f"The {len(items)} instances total {sum(int(i.size) for i in items) / 1e6:.1f} MB, more than one "
+            "response can carry; list them with QIDO-RS (/instances) and retrieve them one by one "
+            "(large single instances are answered with a redirect), or ask for frames or metadata."
+        )
+
+    def _instance_bytes(self, item: InstanceItem, syntax: str) -> bytes:
+        data = self.reader.read(item.s3_key, version_id=item.s3_version_id)
+        if syntax in (media.AS_STORED, item.transfer_syntax_uid):
+            return data
+        return _transcode(data, syntax)
+
+    # ------------------------------------------------------------------ metadata
+    def metadata(self, request: Request, *, base_url: str) -> Response[bytes]:
+        """Metadata of a study, series or instance (PS3.18 §10.4.1.1.2)."""
+        chosen = negotiate(request.accept, METADATA_OFFERS, query=request.query)
+        uri = request.uri
+        assert uri.study is not None
+        if uri.instance is not None:
+            (item,) = instances_of(uri)
+            version = item.sha256
+            if _etag_matches(request.if_none_match, version):
+                return _not_modified(version)
+            document = self.reader.read(metadata_key(item.study_uid, item.series_uid, item.sop_uid)).decode()
+            text = f"[{render(document, base_url)}]"
+        elif uri.series is not None:
+            series = series_item(uri.study, uri.series)
+            version = _series_version(series.instance_count, series.updated_at)
+            if _etag_matches(request.if_none_match, version):
+                return _not_modified(version)
+            text = self._series_document(uri.study, uri.series, version, base_url)
+        else:
+            all_series = series_of(uri.study)
+            if not all_series:
+                raise NotFound("No such study.")
+            versions = [_series_version(s.instance_count, s.updated_at) for s in all_series]
+            version = hashlib.sha256("|".join(versions).encode()).hexdigest()[:32]
+            if _etag_matches(request.if_none_match, version):
+                return _not_modified(version)
+            documents = [
+                self._series_document(uri.study, s.series_uid, v, base_url)
+                for s, v in zip(all_series, versions, strict=True)
+            ]
+            text = "[" + ",".join(d[1:-1] for d in documents if d != "[]") + "]"
+        if chosen.type == "multipart/related":
+            parts = [({"Content-Type": media.DICOM_XML}, to_xml(d)) for d in json.loads(text)]
+            body, boundary = encode_multipart(parts)
+            return _response(
+                body, multipart_content_type(boundary, media.DICOM_XML), cache=REVALIDATE, etag=version
+            )
+        return _response(
+            text.encode(), media.DICOM_JSON, cache=REVALIDATE, etag=version, gzip_ok=request.accepts_gzip
+        )
+
+    def _series_document(self, study: str, series: str, version: str, base_url: str) -> str:
+        """The series' metadata array: the cached document of this version, else built and cached.
+
+        Cached: one index read (the series item, for its version) and one S3 read. The
+        document is rebuilt from the per-instance documents, never modified in place, and
+        stored under a key naming its version, so concurrent builders write identical
+        objects and a reader never sees a half-updated one.
+        """
+        base_tag = hashlib.sha256(base_url.encode()).hexdigest()[:12]
+        key = series_metadata_key(study, series, f"{version}-{base_tag}")
+        try:
+            return gzip.decompress(self.reader.read(key)).decode()
+        except KeyError:
+            pass
+        items = instances_of(DicomWebURI(base_url, study=study, series=series))
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            documents = list(
+                pool.map(
+                    lambda i: self.reader.read(metadata_key(i.study_uid, i.series_uid, i.sop_uid)).decode(),
+                    items,
+                )
+            )
+        text = render("[" + ",".join(documents) + "]", base_url)
+        self.cache.put_document(key, gzip.compress(text.encode(), 6), content_type=media.DICOM_JSON)
+        return text
+
+    # ------------------------------------------------------------------ frames
+    def frames(self, request: Request) -> Response[bytes]:
+        """Frames of an instance (PS3.18 §10.4.1.1.4), read by byte range."""
+        uri = request.uri
+        assert uri.frames is not None
+        (item,) = instances_of(
+            DicomWebURI(uri.base_url, study=uri.study, series=uri.series, instance=uri.instance)
+        )
+        stored = item.transfer_syntax_uid
+        choice = media.choose(
+            request.accept,
+            part_types=lambda t: t == media.OCTET_STREAM or t == media.PIXEL_MEDIA_TYPES.get(stored),
+            default_part=media.OCTET_STREAM,
+            single_part=False,
+            producible=lambda ts: media.can_produce(ts, stored),
+            query=request.query,
+        )
+        actual = _actual(choice, item)
+        etag = hashlib.sha256(f"{item.sha256}/{uri.path}/{actual}".encode()).hexdigest()[:32]
+        if _etag_matches(request.if_none_match, etag):
+            return _not_modified(etag)
+        pixels = self._frame_bytes(item, _frame_index(item), list(uri.frames))
+        part_type = (
+            choice.part_type
+            if choice.part_type != "*/*"
+            else media.PIXEL_MEDIA_TYPES.get(actual, media.OCTET_STREAM)
+        )
+        parts = [
+            (
+                {
+                    "Content-Type": f"{part_type}; transfer-syntax={actual}",
+                    "Content-Location": DicomWebURI(
+                        uri.base_url, uri.study, uri.series, uri.instance, (number,)
+                    ).url,
+                },
+                body,
+            )
+            for number, body in zip(uri.frames, pixels, strict=True)
+        ]
+        if sum(len(p) for p in pixels) > RESPONSE_LIMIT:
+            raise PayloadTooLarge(
+                "The requested frames are too large for one response; ask for fewer frames at a time."
+            )
+        body, boundary = encode_multipart(parts)
+        return _response(body, multipart_content_type(boundary, part_type), cache=IMMUTABLE, etag=etag)
+
+    def _frame_bytes(self, item: InstanceItem, index: FrameIndex | None, numbers: list[int]) -> list[bytes]:
+        count = len(index) if index is not None else None
+        if count is not None:
+            for number in numbers:
+                if number > count:
+                    raise BadRequest(f"Frame {number} does not exist: the instance has {count} frame(s).")
+            return [self._read_frame(item, index.frames[n - 1]) for n in numbers]  # type: ignore[union-attr]
+        return _frames_from_object(self.reader.read(item.s3_key, version_id=item.s3_version_id), numbers)
+
+    def _read_frame(self, item: InstanceItem, fragments: Sequence[tuple[int, int]]) -> bytes:
+        """One ranged GET from the first fragment to the last, item headers sliced out."""
+        start = fragments[0][0]
+        end = fragments[-1][0] + fragments[-1][1]
+        span = self.reader.read(item.s3_key, version_id=item.s3_version_id, byte_range=(start, end - start))
+        return b"".join(span[offset - start : offset - start + length] for offset, length in fragments)
+
+    # ------------------------------------------------------------------ bulk data
+    def bulkdata(self, request: Request, element_path: str) -> Response[bytes]:
+        """A BulkDataURI target: one element's value (PS3.18 §10.4.1.1.5)."""
+        uri = request.uri
+        (item,) = instances_of(uri)
+        choice = media.choose(
+            request.accept,
+            part_types=lambda t: t == media.OCTET_STREAM,
+            default_part=media.OCTET_STREAM,
+            single_part=False,
+            producible=lambda ts: ts == media.AS_STORED or media.can_produce(ts, item.transfer_syntax_uid),
+            query=request.query,
+        )
+        data = self.reader.read(item.s3_key, version_id=item.s3_version_id)
+        value = _element_value(data, element_path)
+        if len(value) > RESPONSE_LIMIT:
+            raise PayloadTooLarge(
+                "The bulk data value is too large for one response; retrieve frames instead."
+            )
+        body, boundary = encode_multipart(
+            [({"Content-Type": f"{media.OCTET_STREAM}; transfer-syntax={_actual(choice, item)}"}, value)]
+        )
+        return _response(
+            body, multipart_content_type(boundary, media.OCTET_STREAM), cache=IMMUTABLE, etag=item.sha256
+        )
+
+
+# ---------------------------------------------------------------------- helpers
+def _actual(choice: media.Choice, item: InstanceItem) -> str:
+    return item.transfer_syntax_uid if choice.transfer_syntax == media.AS_STORED else choice.transfer_syntax
+
+
+def _series_version(count: object, updated_at: object) -> str:
+    stamp = getattr(updated_at, "timestamp", lambda: 0.0)()
+    return f"{int(count)}-{int(stamp * 1_000_000)}"  # type: ignore[call-overload]
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = {t.strip().removeprefix("W/").strip('"') for t in header.split(",")}
+    return etag in tags or "*" in tags
+
+
+def _not_modified(etag: str) -> Response[bytes]:
+    return Response(status_code=int(HTTPStatus.NOT_MODIFIED), body=b"", headers={"ETag": f'"{etag}"'})
+
+
+def _response(
+    body: bytes, content_type: str, *, cache: str, etag: str | None = None, gzip_ok: bool = False
+) -> Response[bytes]:
+    headers = {"Cache-Control": cache}
+    if etag:
+        headers["ETag"] = f'"{etag}"'
+    if gzip_ok and len(body) > 1024:
+        body = gzip.compress(body, 6)
+        headers["Content-Encoding"] = "gzip"
+        headers["Vary"] = "Accept-Encoding"
+    if len(body) > RESPONSE_LIMIT:
+        raise PayloadTooLarge(
+            "The answer is larger than one response can carry; ask with Accept-Encoding: gzip, "
+            "or retrieve per series or instance."
+        )
+    return Response(status_code=int(HTTPStatus.OK), content_type=content_type, body=body, headers=headers)
+
+
+def _frame_index(item: InstanceItem) -> FrameIndex | None:
+    if not item.frame_index:
+        return None
+    document = json.loads(item.frame_index)
+    return FrameIndex.from_json(document["frames"], encapsulated=bool(document["encapsulated"]))
+
+
+def _transcode(data: bytes, syntax: str) -> bytes:
+    """Re-encode an uncompressed data set in another uncompressed transfer syntax."""
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.file_meta.TransferSyntaxUID = UID(syntax)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _frames_from_object(data: bytes, numbers: list[int]) -> list[bytes]:
+    """Frames of an instance without a frame index: parse the whole object (fallback)."""
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    if "PixelData" not in dataset:
+        raise NotFound("The instance has no pixel data.")
+    count = int(dataset.get("NumberOfFrames") or 1)
+    for number in numbers:
+        if number > count:
+            raise BadRequest(f"Frame {number} does not exist: the instance has {count} frame(s).")
+    if dataset.file_meta.TransferSyntaxUID.is_compressed:
+        frames = list(generate_frames(dataset.PixelData, number_of_frames=count))
+    else:
+        size = len(dataset.PixelData) // count
+        frames = [dataset.PixelData[k * size : (k + 1) * size] for k in range(count)]
+    return [frames[n - 1] for n in numbers]
+
+
+def _element_value(data: bytes, element_path: str) -> bytes:
+    """The value at a BulkDataURI path: tags and item numbers joined by dots."""
+    parts = element_path.split(".")
+    if len(parts) % 2 != 1 or not all(len(p) == 8 for p in parts[::2]):
+        raise NotFound("No such bulk data.")
+    try:
+        target: Any = pydicom.dcmread(io.BytesIO(data))
+        for position, part in enumerate(parts):
+            # Even positions are tags (an element's value), odd ones item numbers.
+            target = target[int(part, 16)].value if position % 2 == 0 else target[int(part)]
+    except (KeyError, IndexError, ValueError, TypeError):
+        raise NotFound("No such bulk data.") from None
+    if not isinstance(target, bytes | bytearray):
+        raise NotFound("No such bulk data (the element is not binary).")
+    return bytes(target)
