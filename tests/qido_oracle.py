@@ -4,9 +4,9 @@ Nothing here imports ``dicomweb_core``: the rules are written again from the doc
 choices (PS3.4 C.2.2.2 and the matching module's docstring), so the server's answer can be
 compared with one computed another way:
 
-- person names (PN) match case- and accent-insensitively; ``^``, spaces and hyphens separate
-  words, apostrophes and dots are dropped; only the alphabetic group counts;
-- other strings match case-sensitively; IS values compare as integers;
+- person names (PN) match case- and accent-insensitively; ``^``, spaces, commas and hyphens
+  separate words, apostrophes and dots are dropped; only the alphabetic group counts;
+- other strings match case-sensitively; IS values compare as integers, a single TM as HHMMSS;
 - an absent or empty stored value matches only universal matching (empty key or only ``*``);
 - ``*`` and ``?`` are wildcards (not allowed in DA, TM, UI, IS);
 - UI and CS keys take comma-separated lists;
@@ -189,6 +189,8 @@ def build_corpus(seed: int = SEED) -> Corpus:
                     _apply(ds, series)
                     _apply(ds, {"SOPClassUID": sop_class, "InstanceNumber": rng.choice([1, 1, 2, 3, None])})
                     ds.file_meta.MediaStorageSOPClassUID = sop_class
+                    if series_uid == names.get("MULTI_SERIES"):
+                        names.setdefault("MULTI_SOP", ds.SOPInstanceUID)
                     datasets.append(ds)
     rng.shuffle(datasets)
     return Corpus(datasets, names)
@@ -224,7 +226,7 @@ def fold_name(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", alphabetic)
     plain = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
     plain = re.sub(r"['\u2019.]", "", plain)
-    return " ".join(w for w in re.split(r"[\^\s\-]+", plain) if w)
+    return " ".join(w for w in re.split(r"[\^\s,\-]+", plain) if w)
 
 
 def _wildcard(pattern: str, text: str) -> bool:
@@ -291,8 +293,8 @@ class Key:
             return stored in [v for v in key.split(",") if v]
         if vr == "IS":
             return int(stored) == int(key)
-        if vr == "TM":
-            return _time(stored) == _time(key)
+        if vr == "TM":  # a single time compares as HHMMSS (docs/conformance.md)
+            return _time(stored) // 1_000_000 == _time(key) // 1_000_000
         return stored == key
 
 

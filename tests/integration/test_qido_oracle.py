@@ -146,6 +146,12 @@ QUERIES = [
     ("/studies", "PatientName=jos mul&fuzzymatching=true"),
     ("/studies", "PatientName=ann&fuzzymatching=true"),
     ("/studies", "PatientName=smi*&fuzzymatching=true"),
+    ("/studies", "PatientName=smith^j*"),
+    ("/studies", "PatientName=*^anna"),
+    ("/studies", "PatientName=maria cruz&fuzzymatching=true"),
+    ("/studies", "PatientName=o bri&fuzzymatching=true"),
+    ("/studies", "PatientName=smith*&ModalitiesInStudy=CT"),
+    ("/studies", "ReferringPhysicianName=hou&fuzzymatching=true"),
     ("/studies", "ReferringPhysicianName=house*"),
     ("/studies", "ReferringPhysicianName=Wilson^James"),
     # --- IDs (case-sensitive)
@@ -154,6 +160,9 @@ QUERIES = [
     ("/studies", "PatientID=PAT*"),
     ("/studies", "PatientID=*-45"),
     ("/studies", "PatientID=mul-1"),
+    ("/studies", "PatientID=mul*"),
+    ("/studies", "PatientID=?AT*"),
+    ("/studies", "StudyID=S3&AccessionNumber=ACC*"),
     ("/studies", "PatientID=*"),
     ("/studies", "AccessionNumber=ACC-77"),
     ("/studies", "AccessionNumber=acc-77"),
@@ -170,6 +179,8 @@ QUERIES = [
     ("/studies", "StudyDate=-20231231"),
     ("/studies", "StudyDate=20250101-"),
     ("/studies", "StudyDate=20240201-20240229"),
+    ("/studies", "StudyDate=20221130-20240101"),
+    ("/studies", "StudyDate=20200101-20251231"),
     ("/studies", "StudyDate=20240101-20240131&StudyTime=120000-"),
     ("/studies", "StudyDate=20231231-20240101&StudyTime=2300-0100"),
     ("/studies", "StudyDate=20240101-&StudyTime=-0800"),
@@ -178,6 +189,7 @@ QUERIES = [
     ("/studies", "StudyTime=-101010.4"),
     ("/studies", "StudyTime=-08"),
     ("/studies", "StudyTime=120000"),
+    ("/studies", "StudyTime=101010"),
     ("/studies", "StudyTime=2359-"),
     # --- ModalitiesInStudy and UIDs
     ("/studies", "ModalitiesInStudy=CT,PT"),
@@ -198,11 +210,16 @@ QUERIES = [
     ("/series", "RequestAttributesSequence.RequestedProcedureID=RP2"),
     ("/series", "RequestAttributesSequence.RequestedProcedureID=RP*&Modality=SR"),
     ("/series", "SeriesInstanceUID={MULTI_SERIES}"),
+    ("/series", "StudyInstanceUID={MULTI},{DUPSERIES}&Modality=MR,SR"),
     ("/series", "ModalitiesInStudy=SR"),
     ("/series", "ModalitiesInStudy=PT&Modality=CT"),
     ("/series", "StudyDate=20240229"),
     ("/series", "PerformedProcedureStepStartDate=20240101-20240630"),
     ("/series", "PerformedProcedureStepStartDate=20240630"),
+    ("/series", "PerformedProcedureStepStartDate=20240201-"),
+    ("/series", "AccessionNumber=ACC-77"),
+    ("/series", "PatientName=dupont^zoe"),
+    ("/series", "SeriesNumber=100&StudyDate=-20240101"),
     ("/series", "SeriesDescription=*xial*&Modality=CT"),
     ("/series", ALL_MODALITIES),
     # --- instances
@@ -212,7 +229,11 @@ QUERIES = [
     ("/instances", "InstanceNumber=2&Modality=PT"),
     ("/instances", "PatientID=PAT123"),
     ("/instances", "SeriesInstanceUID={MULTI_SERIES}"),
+    ("/instances", "SOPInstanceUID={MULTI_SOP}"),
+    ("/instances", "SOPInstanceUID={MULTI_SOP}&InstanceNumber=999"),
     ("/instances", "Modality=SR"),
+    ("/instances", "AccessionNumber=*77"),
+    ("/instances", "StudyDate=20240229&InstanceNumber=1"),
     ("/instances", f"StudyDate=20231231-20240101&SOPClassUID={CTImageStorage}"),
     ("/instances", "ModalitiesInStudy=PT&InstanceNumber=1"),
     ("/instances", "RequestAttributesSequence.ScheduledProcedureStepID=SPS-11"),
@@ -232,6 +253,7 @@ QUERIES = [
     ("/studies/{DUPSERIES}/instances", "Modality=MR"),
     ("/studies/{MULTI}/series/{MULTI_SERIES}/instances", ""),
     ("/studies/{MULTI}/series/{MULTI_SERIES}/instances", "InstanceNumber=1"),
+    ("/studies/{MULTI}/series/{MULTI_SERIES}/instances", "SOPInstanceUID={MULTI_SOP}"),
     ("/studies/{DUPSERIES}/series/{MULTI_SERIES}/instances", ""),
 ]
 
@@ -282,7 +304,7 @@ PAGED = [
 ]
 
 
-@pytest.mark.parametrize("page_size", [1, 4, 7])
+@pytest.mark.parametrize("page_size", [4, 11])
 @pytest.mark.parametrize(("resource", "raw_query"), PAGED, ids=[f"{r}?{q}" for r, q in PAGED])
 def test_paging_cuts_one_sequence(store: Store, resource: str, raw_query: str, page_size: int) -> None:
     # Given the whole answer to a query on one page
