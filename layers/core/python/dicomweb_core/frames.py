@@ -14,7 +14,7 @@ import io
 import struct
 from dataclasses import dataclass
 
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import parse_fragments
 from pydicom.uid import UID
@@ -47,28 +47,46 @@ def frame_index(dataset: Dataset, data: bytes, transfer_syntax_uid: str) -> Fram
     """The frames of ``dataset`` as parsed from ``data``, or None when not indexable."""
     if not UID(transfer_syntax_uid).is_little_endian or UID(transfer_syntax_uid).is_deflated:
         return None
-    raw = dataset.get_item(PIXEL_DATA)
-    if not isinstance(raw, RawDataElement) or raw.value_tell is None:
+    located = _pixel_data_position(dataset.get_item(PIXEL_DATA))
+    if located is None:
         return None
+    value_at, length = located
     try:
         count = int(dataset.get("NumberOfFrames") or 1)
         if count < 1:
             return None
-        if raw.length != UNDEFINED:
-            return _native(dataset, raw, count)
-        return _encapsulated(data, raw.value_tell, count)
+        if length != UNDEFINED:
+            return _native(dataset, value_at, length, count)
+        return _encapsulated(data, value_at, count)
     except (ValueError, TypeError, AttributeError, struct.error):
         return None  # attributes the frame geometry depends on are missing or malformed
 
 
-def _native(dataset: Dataset, raw: RawDataElement, count: int) -> FrameIndex | None:
+def _pixel_data_position(element: object) -> tuple[int, int] | None:
+    """(offset of the value in the file, value length or UNDEFINED), as read from the file.
+
+    The element may still be raw or already converted (building the metadata document
+    converts every element); both remember where the value starts.
+    """
+    if isinstance(element, RawDataElement):
+        if element.value_tell is None:
+            return None
+        return element.value_tell, element.length
+    if isinstance(element, DataElement) and element.file_tell is not None:
+        if element.is_undefined_length:
+            return element.file_tell, UNDEFINED
+        if isinstance(element.value, bytes | bytearray):
+            return element.file_tell, len(element.value)
+    return None
+
+
+def _native(dataset: Dataset, start: int, length: int, count: int) -> FrameIndex | None:
     bits = int(dataset.get("BitsAllocated") or 0)
     if bits == 0 or bits % 8:
         return None  # bit-packed frames do not start on byte boundaries
     size = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel") or 1) * bits // 8
-    if size <= 0 or size * count > raw.length:
+    if size <= 0 or size * count > length:
         return None
-    start = raw.value_tell
     return FrameIndex(tuple(((start + k * size, size),) for k in range(count)), encapsulated=False)
 
 

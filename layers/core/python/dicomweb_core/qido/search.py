@@ -33,6 +33,7 @@ from dicomweb_core.index.models import (
     StudyItem,
     study_pk,
 )
+from dicomweb_core.index.reader import instance_order, series_order
 from dicomweb_core.index.writer import MODALITY_COMBOS, PPS_MONTHS, STUDY_MONTHS
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.matching import matches_all
@@ -315,7 +316,7 @@ class _Planner:
     def _series_in_studies(self, studies: Iterable[str]) -> Iterator[SeriesItem]:
         for study in studies:
             items = self._partition(study, "SERIES#")
-            yield from sorted((i for i in items if isinstance(i, SeriesItem)), key=_series_order)
+            yield from sorted((i for i in items if isinstance(i, SeriesItem)), key=series_order)
 
     # -------------------------------------------------------------- instances
     def instances(self) -> Iterator[InstanceItem]:
@@ -353,12 +354,12 @@ class _Planner:
 
     def _instances_in(self, study: str, series: str) -> Iterator[InstanceItem]:
         items = self._partition(study, f"INSTANCE#{series}#")
-        return iter(sorted((i for i in items if isinstance(i, InstanceItem)), key=_instance_order))
+        return iter(sorted((i for i in items if isinstance(i, InstanceItem)), key=instance_order))
 
     def _instances_in_study(self, study: str) -> Iterator[InstanceItem]:
         series_order = {s.series_uid: n for n, s in enumerate(self._series_in_studies([study]))}
         items = [i for i in self._partition(study, "INSTANCE#") if isinstance(i, InstanceItem)]
-        return iter(sorted(items, key=lambda i: (series_order.get(i.series_uid, 0), *_instance_order(i))))
+        return iter(sorted(items, key=lambda i: (series_order.get(i.series_uid, 0), *instance_order(i))))
 
     # -------------------------------------------------------------- DynamoDB access
     def _counted(self, items: Iterable[IndexItem]) -> Iterator[Any]:
@@ -461,24 +462,6 @@ def _months_between(low: str, high: str) -> list[str]:
         months.append(f"{year:04d}{month:02d}")
         year, month = (year, month - 1) if month > 1 else (year - 1, 12)
     return months
-
-
-def _series_order(item: SeriesItem) -> tuple[int, str]:
-    number = _first_int(item.dicom_json, "00200011")
-    return (number if number is not None else 1 << 31, item.series_uid)
-
-
-def _instance_order(item: InstanceItem) -> tuple[int, str]:
-    number = _first_int(item.dicom_json, "00200013")
-    return (number if number is not None else 1 << 31, item.sop_uid)
-
-
-def _first_int(dicom_json: str, tag: str) -> int | None:
-    value = keys.first_value(json.loads(dicom_json), tag)
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _literal_prefix(pattern: str) -> str:
