@@ -4,8 +4,8 @@ The Accept header (or the ``accept`` query parameter) is read range by range, hi
 ``q`` first; the first range this server can produce wins, else 406 with what is
 available. The default transfer syntax is Explicit VR Little Endian. This server
 produces a transfer syntax when it is ``*`` (as stored), the stored one, or an
-uncompressed one when the stored data is uncompressed; decompressing needs the imaging
-layer's codecs, which the retrieve function does not have yet (→ 406).
+uncompressed one when the stored data is uncompressed or a codec of the imaging layer
+can decompress it (otherwise 406).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from dicomweb_core.errors import BadRequest, NotAcceptable
 from dicomweb_core.mediatype import MediaRange, parse_accept
 from dicomweb_core.uid import is_valid_uid
+from dicomweb_core.wado.codecs import can_decode
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -67,7 +68,12 @@ class Choice:
 
 
 def can_produce(requested: str, stored: str) -> bool:
-    return requested in (AS_STORED, stored) or (requested in UNCOMPRESSED and stored in UNCOMPRESSED)
+    """As stored, re-encoded between uncompressed syntaxes, or decompressed by a codec."""
+    if requested in (AS_STORED, stored):
+        return True
+    if requested not in UNCOMPRESSED:
+        return False
+    return stored in UNCOMPRESSED or (requested == EXPLICIT_VR_LITTLE_ENDIAN and can_decode(stored))
 
 
 def _ranges(accept: str | None, query: Mapping[str, str] | None) -> list[MediaRange]:

@@ -36,7 +36,7 @@ from dicomweb_core.multipart import encode_multipart, multipart_content_type
 from dicomweb_core.negotiation import negotiate
 from dicomweb_core.storage import InstanceStore, ObjectReader, metadata_key, series_metadata_key
 from dicomweb_core.uri import DicomWebURI
-from dicomweb_core.wado import media
+from dicomweb_core.wado import codecs, media
 
 RESPONSE_LIMIT = 4_400_000  # raw bytes: base64 in the Lambda response must stay under 6 MB
 REDIRECT_SECONDS = 300
@@ -111,7 +111,9 @@ class RetrieveService:
         data = self.reader.read(item.s3_key, version_id=item.s3_version_id)
         if syntax in (media.AS_STORED, item.transfer_syntax_uid):
             return data
-        return _transcode(data, syntax)
+        if item.transfer_syntax_uid in media.UNCOMPRESSED:
+            return _transcode(data, syntax)
+        return codecs.decompress_instance(data)
 
     # ------------------------------------------------------------------ metadata
     def metadata(self, request: Request, *, base_url: str) -> Response[bytes]:
@@ -203,6 +205,10 @@ class RetrieveService:
         if _etag_matches(request.if_none_match, etag):
             return _not_modified(etag)
         pixels = self._frame_bytes(item, _frame_index(item), list(uri.frames))
+        if actual != stored and stored not in media.UNCOMPRESSED:
+            key = metadata_key(item.study_uid, item.series_uid, item.sop_uid)
+            metadata = json.loads(self.reader.read(key))
+            pixels = [codecs.decode_frame(p, stored, metadata) for p in pixels]
         part_type = (
             choice.part_type
             if choice.part_type != "*/*"
