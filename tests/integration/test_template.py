@@ -21,7 +21,10 @@ VENV_BIN = Path(sys.executable).parent
 # cfn-lint exit code is a bit mask: 2 errors, 4 warnings, 8 informational (1 is a crash).
 CFN_LINT_ERROR_BITS = 1 | 2
 READ_ONLY_VERBS = ("Get", "List", "Describe", "BatchGet", "Query", "Scan", "Head")
-LAYER_PACKAGES = ("dicomweb_core/__init__.py", "pydicom", "pynamodb", "aws_lambda_powertools")
+LAYER_CONTENTS = {
+    "CoreLayer": ("dicomweb_core/__init__.py", "pydicom", "pynamodb", "aws_lambda_powertools"),
+    "ImagingLayer": ("numpy", "pylibjpeg", "openjpeg", "libjpeg", "rle"),
+}
 LAMBDA_EXTENSION_SUFFIX = ".cpython-312-x86_64-linux-gnu.so"
 
 TEMPLATE = load_template()
@@ -87,8 +90,8 @@ def test_sam_build_produces_functions_and_core_layer(tmp_path: Path) -> None:
     for spec in functions.values():
         module = spec.handler.rsplit(".", 1)[0].replace(".", "/") + ".py"
         assert (spec.code_uri / module).is_file(), f"{spec.logical_id}: {module} missing in {spec.code_uri}"
-    for layer_dir in layers.values():
-        assert (layer_dir / "python/dicomweb_core/__init__.py").is_file()
+    assert set(layers) == set(LAYER_CONTENTS), "every layer needs its expected contents listed here"
+    assert (layers["CoreLayer"] / "python/dicomweb_core/__init__.py").is_file()
     build_dir = tmp_path / "build"
 
     # When sam build runs the makefiles into a temporary build dir
@@ -114,7 +117,7 @@ def test_sam_build_produces_functions_and_core_layer(tmp_path: Path) -> None:
     # And each layer holds dicomweb_core and its dependencies, built for Lambda's python3.12 x86_64
     for name in layers:
         python = build_dir / name / "python"
-        for package in LAYER_PACKAGES:
+        for package in LAYER_CONTENTS[name]:
             assert (python / package).exists(), f"{name}: python/{package} not built"
         extensions = [p.name for p in python.rglob("*.so") if ".cpython-" in p.name]
         wrong = [so for so in extensions if not so.endswith(LAMBDA_EXTENSION_SUFFIX)]
