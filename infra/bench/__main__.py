@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from infra.bench import qido, stow
+from infra.bench import qido, stow, wado
 
 
 def main() -> int:
@@ -13,7 +13,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(".local/bench.md"))
     parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
     args = parser.parse_args()
-    sections = [stow.run(quick=args.quick), qido.run(quick=args.quick)]
+    sections = [stow.run(quick=args.quick), qido.run(quick=args.quick), wado.run(quick=args.quick)]
     report = "\n\n".join(sections) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

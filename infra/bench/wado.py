@@ -1,0 +1,137 @@
+"""WADO-RS through the local runtime: series metadata, frames, series retrieval.
+
+Latency is measured over HTTP (authorizer, Lambda worker, moto); storage reads and the
+bytes read from S3 per byte returned are measured in-process with the same service and
+an :class:`ObjectReader` that counts them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import requests
+
+from dicomweb_core.config import settings
+from dicomweb_core.index.models import bind_table
+from dicomweb_core.multipart import split_parts
+from dicomweb_core.storage import ObjectReader, S3InstanceStore
+from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.wado.service import Request, RetrieveService
+from infra.bench.stow import _batches, _post, ct_series, free_port
+from infra.local.serve import LocalStack, Options
+from tests.dicom_files import test_file
+
+
+def _median_ms(call: Callable[[], requests.Response], runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        response = call()
+        samples.append((time.perf_counter() - started) * 1000)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+    return statistics.median(samples)
+
+
+def _store(stack: LocalStack, instances: list[bytes]) -> None:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {stack.tokens['uploader']}"
+    for batch in _batches(instances, 4 * 1024 * 1024):
+        _post(session, f"{stack.base_url}/studies", batch)
+
+
+def _uids(data: bytes) -> tuple[str, str, str]:
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+
+def run(*, quick: bool = False) -> str:
+    runs = 5 if quick else 20
+    frame_runs = 10 if quick else 50
+    sizes = (20, 100) if quick else (100, 500)
+    rows: list[str] = []
+    with tempfile.TemporaryDirectory() as local_dir:
+        stack = LocalStack(Options("127.0.0.1", free_port(), Path(local_dir), True, None, (), persist=False))
+        stack.start()
+        try:
+            wado = stack.template.functions()["WadoFunction"]
+            os.environ.update({"AWS_ENDPOINT_URL": stack.moto_url, **stack.stack.function_environment(wado)})
+            bind_table(stack.stack.physical_ids["IndexTable"])
+            settings.cache_clear()
+            reader = ObjectReader(settings().bucket_name)
+            service = RetrieveService(
+                settings=settings(), reader=reader, cache=S3InstanceStore(settings().bucket_name)
+            )
+            viewer = requests.Session()
+            viewer.headers["Authorization"] = f"Bearer {stack.tokens['viewer']}"
+            for count in sizes:
+                series = ct_series(count, size=64)
+                _store(stack, series)
+                study, series_uid, _ = _uids(series[0])
+                url = f"{stack.base_url}/studies/{study}/series/{series_uid}/metadata"
+                cold = _median_ms(lambda u=url: viewer.get(u, headers={"Accept-Encoding": "gzip"}), 1)
+                cached = _median_ms(lambda u=url: viewer.get(u, headers={"Accept-Encoding": "gzip"}), runs)
+                reader.requests = 0
+                uri = DicomWebURI(stack.base_url, study=study, series=series_uid)
+                service.metadata(Request(uri, None, {}, None, True), base_url=stack.base_url)
+                rows.append(
+                    f"| series metadata, {count} instances | cold {cold:.0f} ms, cached {cached:.0f} ms "
+                    f"| 1 index read + {reader.requests} S3 read(s) when cached |"
+                )
+            native = ct_series(1, size=512)
+            _store(stack, native)
+            compressed = test_file("emri_small_jpeg_2k_lossless.dcm").read_bytes()
+            _store(stack, [compressed])
+            for label, data, accept in (
+                ("native 512x512x16", native[0], None),
+                (
+                    "JPEG 2000, as stored (OHIF)",
+                    compressed,
+                    "multipart/related; type=application/octet-stream; transfer-syntax=*",
+                ),
+                ("JPEG 2000, decompressed", compressed, None),
+            ):
+                study, series_uid, sop = _uids(data)
+                url = f"{stack.base_url}/studies/{study}/series/{series_uid}/instances/{sop}/frames/1"
+                headers = {"Accept": accept} if accept else {}
+                latency = _median_ms(lambda u=url, h=headers: viewer.get(u, headers=h), frame_runs)
+                reader.requests = reader.bytes_read = 0
+                uri = DicomWebURI(stack.base_url, study=study, series=series_uid, instance=sop, frames=(1,))
+                returned = _frame_payload(service.frames(Request(uri, accept, {}, None, False)).body)
+                ratio = reader.bytes_read / max(returned, 1)
+                rows.append(
+                    f"| frame 1, {label} | {latency:.0f} ms median of {frame_runs} "
+                    f"| {reader.requests} S3 read(s), {ratio:.2f} bytes read per frame byte |"
+                )
+            series = ct_series(30, size=256)
+            _store(stack, series)
+            study, series_uid, _ = _uids(series[0])
+            url = f"{stack.base_url}/studies/{study}/series/{series_uid}"
+            started = time.perf_counter()
+            response = viewer.get(
+                url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+            )
+            elapsed = time.perf_counter() - started
+            rows.append(
+                f"| series retrieve, 30 x 131 kB | {len(response.content) / 1e6 / elapsed:.1f} MB/s "
+                f"({len(response.content) / 1e6:.1f} MB in {elapsed * 1000:.0f} ms) | {len(series)} S3 reads |"
+            )
+        finally:
+            stack.stop()
+    return "\n".join(
+        ["## WADO-RS (local runtime)", "", "| what | time | storage reads |", "|---|---|---|", *rows]
+    )
+
+
+def _frame_payload(body: bytes | str) -> int:
+    """Bytes of frame data in a multipart response (part bodies only)."""
+    raw = body if isinstance(body, bytes) else body.encode()
+    boundary = raw.split(b"\r\n", 1)[0][2:].decode()
+    return sum(len(p.body) for p in split_parts(raw, boundary))
