@@ -13,6 +13,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -52,76 +53,91 @@ def _uids(data: bytes) -> tuple[str, str, str]:
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
 
 
+@dataclass
+class _Bench:
+    stack: LocalStack
+    service: RetrieveService
+    reader: ObjectReader
+    viewer: requests.Session
+
+    def get(self, url: str, headers: dict[str, str] | None = None) -> Callable[[], requests.Response]:
+        return lambda: self.viewer.get(url, headers=headers or {})
+
+    def metadata_row(self, count: int, runs: int) -> str:
+        series = ct_series(count, size=64)
+        _store(self.stack, series)
+        study, series_uid, _ = _uids(series[0])
+        url = f"{self.stack.base_url}/studies/{study}/series/{series_uid}/metadata"
+        cold = _median_ms(self.get(url, {"Accept-Encoding": "gzip"}), 1)
+        cached = _median_ms(self.get(url, {"Accept-Encoding": "gzip"}), runs)
+        self.reader.requests = 0
+        uri = DicomWebURI(self.stack.base_url, study=study, series=series_uid)
+        self.service.metadata(Request(uri, None, {}, None, True), base_url=self.stack.base_url)
+        return (
+            f"| series metadata, {count} instances | cold {cold:.0f} ms, cached {cached:.0f} ms "
+            f"| 1 index read + {self.reader.requests} S3 read(s) when cached |"
+        )
+
+    def frame_row(self, label: str, data: bytes, accept: str | None, runs: int) -> str:
+        _store(self.stack, [data])
+        study, series_uid, sop = _uids(data)
+        url = f"{self.stack.base_url}/studies/{study}/series/{series_uid}/instances/{sop}/frames/1"
+        latency = _median_ms(self.get(url, {"Accept": accept} if accept else None), runs)
+        self.reader.requests = self.reader.bytes_read = 0
+        uri = DicomWebURI(self.stack.base_url, study=study, series=series_uid, instance=sop, frames=(1,))
+        returned = _frame_payload(self.service.frames(Request(uri, accept, {}, None, False)).body)
+        ratio = self.reader.bytes_read / max(returned, 1)
+        return (
+            f"| frame 1, {label} | {latency:.0f} ms median of {runs} "
+            f"| {self.reader.requests} S3 read(s), {ratio:.2f} bytes read per frame byte |"
+        )
+
+    def series_row(self) -> str:
+        series = ct_series(30, size=256)
+        _store(self.stack, series)
+        study, series_uid, _ = _uids(series[0])
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        started = time.perf_counter()
+        body = self.viewer.get(
+            f"{self.stack.base_url}/studies/{study}/series/{series_uid}", headers={"Accept": accept}
+        )
+        elapsed = time.perf_counter() - started
+        megabytes = len(body.content) / 1e6
+        return (
+            f"| series retrieve, 30 x 131 kB | {megabytes / elapsed:.1f} MB/s "
+            f"({megabytes:.1f} MB in {elapsed * 1000:.0f} ms) | {len(series)} S3 reads |"
+        )
+
+
+def _bench(stack: LocalStack) -> _Bench:
+    """The service in-process, reading the runtime's moto, for counting storage reads."""
+    wado = stack.template.functions()["WadoFunction"]
+    os.environ.update({"AWS_ENDPOINT_URL": stack.moto_url, **stack.stack.function_environment(wado)})
+    bind_table(stack.stack.physical_ids["IndexTable"])
+    settings.cache_clear()
+    reader = ObjectReader(settings().bucket_name)
+    service = RetrieveService(
+        settings=settings(), reader=reader, cache=S3InstanceStore(settings().bucket_name)
+    )
+    viewer = requests.Session()
+    viewer.headers["Authorization"] = f"Bearer {stack.tokens['viewer']}"
+    return _Bench(stack, service, reader, viewer)
+
+
 def run(*, quick: bool = False) -> str:
-    runs = 5 if quick else 20
-    frame_runs = 10 if quick else 50
-    sizes = (20, 100) if quick else (100, 500)
-    rows: list[str] = []
+    runs, frame_runs = (5, 10) if quick else (20, 50)
+    ohif = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    compressed = test_file("emri_small_jpeg_2k_lossless.dcm").read_bytes()
     with tempfile.TemporaryDirectory() as local_dir:
         stack = LocalStack(Options("127.0.0.1", free_port(), Path(local_dir), True, None, (), persist=False))
         stack.start()
         try:
-            wado = stack.template.functions()["WadoFunction"]
-            os.environ.update({"AWS_ENDPOINT_URL": stack.moto_url, **stack.stack.function_environment(wado)})
-            bind_table(stack.stack.physical_ids["IndexTable"])
-            settings.cache_clear()
-            reader = ObjectReader(settings().bucket_name)
-            service = RetrieveService(
-                settings=settings(), reader=reader, cache=S3InstanceStore(settings().bucket_name)
-            )
-            viewer = requests.Session()
-            viewer.headers["Authorization"] = f"Bearer {stack.tokens['viewer']}"
-            for count in sizes:
-                series = ct_series(count, size=64)
-                _store(stack, series)
-                study, series_uid, _ = _uids(series[0])
-                url = f"{stack.base_url}/studies/{study}/series/{series_uid}/metadata"
-                cold = _median_ms(lambda u=url: viewer.get(u, headers={"Accept-Encoding": "gzip"}), 1)
-                cached = _median_ms(lambda u=url: viewer.get(u, headers={"Accept-Encoding": "gzip"}), runs)
-                reader.requests = 0
-                uri = DicomWebURI(stack.base_url, study=study, series=series_uid)
-                service.metadata(Request(uri, None, {}, None, True), base_url=stack.base_url)
-                rows.append(
-                    f"| series metadata, {count} instances | cold {cold:.0f} ms, cached {cached:.0f} ms "
-                    f"| 1 index read + {reader.requests} S3 read(s) when cached |"
-                )
-            native = ct_series(1, size=512)
-            _store(stack, native)
-            compressed = test_file("emri_small_jpeg_2k_lossless.dcm").read_bytes()
-            _store(stack, [compressed])
-            for label, data, accept in (
-                ("native 512x512x16", native[0], None),
-                (
-                    "JPEG 2000, as stored (OHIF)",
-                    compressed,
-                    "multipart/related; type=application/octet-stream; transfer-syntax=*",
-                ),
-                ("JPEG 2000, decompressed", compressed, None),
-            ):
-                study, series_uid, sop = _uids(data)
-                url = f"{stack.base_url}/studies/{study}/series/{series_uid}/instances/{sop}/frames/1"
-                headers = {"Accept": accept} if accept else {}
-                latency = _median_ms(lambda u=url, h=headers: viewer.get(u, headers=h), frame_runs)
-                reader.requests = reader.bytes_read = 0
-                uri = DicomWebURI(stack.base_url, study=study, series=series_uid, instance=sop, frames=(1,))
-                returned = _frame_payload(service.frames(Request(uri, accept, {}, None, False)).body)
-                ratio = reader.bytes_read / max(returned, 1)
-                rows.append(
-                    f"| frame 1, {label} | {latency:.0f} ms median of {frame_runs} "
-                    f"| {reader.requests} S3 read(s), {ratio:.2f} bytes read per frame byte |"
-                )
-            series = ct_series(30, size=256)
-            _store(stack, series)
-            study, series_uid, _ = _uids(series[0])
-            url = f"{stack.base_url}/studies/{study}/series/{series_uid}"
-            started = time.perf_counter()
-            accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-            megabytes = len(viewer.get(url, headers={"Accept": accept}).content) / 1e6
-            elapsed = time.perf_counter() - started
-            rows.append(
-                f"| series retrieve, 30 x 131 kB | {megabytes / elapsed:.1f} MB/s "
-                f"({megabytes:.1f} MB in {elapsed * 1000:.0f} ms) | {len(series)} S3 reads |"
-            )
+            bench = _bench(stack)
+            rows = [bench.metadata_row(count, runs) for count in ((20, 100) if quick else (100, 500))]
+            rows.append(bench.frame_row("native 512x512x16", ct_series(1, size=512)[0], None, frame_runs))
+            rows.append(bench.frame_row("JPEG 2000, as stored (OHIF)", compressed, ohif, frame_runs))
+            rows.append(bench.frame_row("JPEG 2000, decompressed", compressed, None, frame_runs))
+            rows.append(bench.series_row())
         finally:
             stack.stop()
     return "\n".join(
