@@ -27,10 +27,7 @@ os.environ.update(
 @pytest.fixture
 def aws() -> Iterator[None]:
     """An empty in-process moto account for one test."""
-    from moto import mock_aws
+    from tests.moto_stack import moto_account
 
-    from infra.local.moto_atomic import serialise_dynamodb
-
-    serialise_dynamodb()
-    with mock_aws():
+    with moto_account():
         yield

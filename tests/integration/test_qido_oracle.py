@@ -19,23 +19,16 @@ from pydicom.uid import (
     EnhancedSRStorage,
 )
 
-from dicomweb_core.config import DuplicatePolicy, Limits, Settings
 from dicomweb_core.errors import BadRequest
-from dicomweb_core.events import EventPublisher
-from dicomweb_core.index.models import SeriesItem, StudyItem, bind_table
-from dicomweb_core.index.writer import IndexWriter
+from dicomweb_core.index.models import SeriesItem, StudyItem
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
 from dicomweb_core.qido.render import result
 from dicomweb_core.qido.search import Entity, search
-from dicomweb_core.storage import S3InstanceStore
-from dicomweb_core.stow import StowService
-from infra.local.provision import provision
-from infra.samtemplate import load_template
 from tests.generate import to_part10
+from tests.moto_stack import BASE_URL, moto_account, provisioned, stow_service
 from tests.qido_oracle import INSTANCE, SERIES, STUDY, Corpus, Oracle, build_corpus
 
-BASE_URL = "https://dicom.example.test"
 LEVELS = {STUDY: Level.STUDY, SERIES: Level.SERIES, INSTANCE: Level.INSTANCE}
 SR_CLASSES = f"{BasicTextSRStorage},{EnhancedSRStorage},{ComprehensiveSRStorage}"
 ALL_MODALITIES = "Modality=CT,PT,MR,SR,US,DX"
@@ -55,28 +48,9 @@ class Store:
 @pytest.fixture(scope="module")
 def store() -> Iterator[Store]:
     """The corpus stored through StowService into moto resources made from template.yaml."""
-    from moto import mock_aws
-
-    from infra.local.moto_atomic import serialise_dynamodb
-
-    serialise_dynamodb()
-    with mock_aws():
-        stack = provision(load_template(), endpoint_url=None, region="us-east-1", overrides={})
-        bind_table(stack.physical_ids["IndexTable"])
-        settings = Settings(
-            table_name=stack.physical_ids["IndexTable"],
-            bucket_name=stack.physical_ids["InstanceBucket"],
-            event_bus_name=stack.physical_ids["EventBus"],
-            public_base_url=BASE_URL,
-            duplicate_policy=DuplicatePolicy.REJECT,
-            limits=Limits(),
-        )
-        service = StowService(
-            settings=settings,
-            store=S3InstanceStore(settings.bucket_name),
-            index=IndexWriter(),
-            events=EventPublisher(settings.event_bus_name),
-        )
+    with moto_account():
+        _, settings = provisioned(base_url=BASE_URL)
+        service = stow_service(settings)
         corpus = build_corpus()
         payloads = [memoryview(to_part10(ds)) for ds in corpus.datasets]
         for start in range(0, len(payloads), 25):

@@ -15,18 +15,14 @@ from typing import Any
 import boto3
 import pytest
 
-from dicomweb_core.config import DuplicatePolicy, Limits, Settings
+from dicomweb_core.config import DuplicatePolicy, Settings
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.failures import FailureReason
-from dicomweb_core.index.models import SeriesItem, SopItem, StudyItem, bind_table
+from dicomweb_core.index.models import SeriesItem, SopItem, StudyItem
 from dicomweb_core.index.writer import IndexWriter
-from dicomweb_core.storage import S3InstanceStore
 from dicomweb_core.stow import StowService, store_response
-from infra.local.provision import provision
-from infra.samtemplate import load_template
 from tests.generate import make_dataset, make_instance, new_uid, to_part10
-
-BASE_URL = "https://dicom.example.test"
+from tests.moto_stack import BASE_URL, provisioned, stow_service
 
 
 @dataclass
@@ -61,16 +57,7 @@ class Env:
 
 @pytest.fixture
 def env(aws: None) -> Iterator[Env]:
-    stack = provision(load_template(), endpoint_url=None, region="us-east-1", overrides={})
-    bind_table(stack.physical_ids["IndexTable"])
-    settings = Settings(
-        table_name=stack.physical_ids["IndexTable"],
-        bucket_name=stack.physical_ids["InstanceBucket"],
-        event_bus_name=stack.physical_ids["EventBus"],
-        public_base_url=BASE_URL,
-        duplicate_policy=DuplicatePolicy.REJECT,
-        limits=Limits(),
-    )
+    _, settings = provisioned(base_url=BASE_URL)
     sqs, events = boto3.client("sqs"), boto3.client("events")
     queue = sqs.create_queue(QueueName="captured-events")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -80,12 +67,7 @@ def env(aws: None) -> Iterator[Env]:
     events.put_targets(
         Rule="capture", EventBusName=settings.event_bus_name, Targets=[{"Id": "q", "Arn": arn}]
     )
-    service = StowService(
-        settings=settings,
-        store=S3InstanceStore(settings.bucket_name),
-        index=IndexWriter(),
-        events=EventPublisher(settings.event_bus_name),
-    )
+    service = stow_service(settings)
     yield Env(settings, service, boto3.client("s3"), queue)
 
 

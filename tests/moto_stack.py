@@ -1,0 +1,55 @@
+"""The deployed stack in moto, for tests: resources from template.yaml, services wired to them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from moto import mock_aws
+
+from dicomweb_core.config import DuplicatePolicy, Limits, Settings
+from dicomweb_core.events import EventPublisher
+from dicomweb_core.index.models import bind_table
+from dicomweb_core.index.writer import IndexWriter
+from dicomweb_core.storage import S3InstanceStore
+from dicomweb_core.stow import StowService
+from infra.local.moto_atomic import serialise_dynamodb
+from infra.local.provision import Stack, provision
+from infra.samtemplate import load_template
+
+BASE_URL = "https://dicom.example.test"
+REGION = "us-east-1"
+
+
+@contextmanager
+def moto_account() -> Iterator[None]:
+    """An empty in-process moto account whose DynamoDB behaves like the service."""
+    serialise_dynamodb()
+    with mock_aws():
+        yield
+
+
+def provisioned(
+    *, base_url: str = BASE_URL, policy: DuplicatePolicy = DuplicatePolicy.REJECT
+) -> tuple[Stack, Settings]:
+    """Create the template's resources (inside :func:`moto_account`) and settings for them."""
+    stack = provision(load_template(), endpoint_url=None, region=REGION, overrides={})
+    bind_table(stack.physical_ids["IndexTable"])
+    settings = Settings(
+        table_name=stack.physical_ids["IndexTable"],
+        bucket_name=stack.physical_ids["InstanceBucket"],
+        event_bus_name=stack.physical_ids["EventBus"],
+        public_base_url=base_url,
+        duplicate_policy=policy,
+        limits=Limits(),
+    )
+    return stack, settings
+
+
+def stow_service(settings: Settings) -> StowService:
+    return StowService(
+        settings=settings,
+        store=S3InstanceStore(settings.bucket_name),
+        index=IndexWriter(),
+        events=EventPublisher(settings.event_bus_name),
+    )
