@@ -1,0 +1,1 @@
+"""Deployment helpers for de-identification (PS3.15 Annex E)."""

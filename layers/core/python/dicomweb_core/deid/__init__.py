@@ -1,0 +1,1 @@
+"""De-identification per PS3.15 Annex E (the research store)."""
