@@ -13,9 +13,9 @@ a changed ``PublicBaseUrl`` never requires rewriting stored documents.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 BASE_PLACEHOLDER = "{{DICOMWEB_BASE_URL}}"
@@ -29,23 +29,34 @@ def bulkdata_path(study: str, series: str, sop: str, element_path: str) -> str:
 
 def instance_metadata(dataset: Dataset, *, study: str, series: str, sop: str) -> dict[str, Any]:
     """DICOM JSON of ``dataset`` (no File Meta Information), bulk data as URIs."""
-    paths: dict[int, str] = {}
-    _record_paths(dataset, "", paths)
-
-    def uri(element: DataElement) -> str:
-        return BASE_PLACEHOLDER + bulkdata_path(study, series, sop, paths[id(element)])
-
-    return dataset.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=uri)
+    # pydicom compares its threshold with the base64 length, which would make values of
+    # 769 to 1024 bytes bulk data too; the rule is on the value's own length, applied here.
+    document: dict[str, Any] = dataset.to_json_dict()
+    _bulk_data_as_uris(dataset, document, "", lambda path: bulkdata_path(study, series, sop, path))
+    return document
 
 
-def _record_paths(dataset: Dataset, prefix: str, paths: dict[int, str]) -> None:
+def _bulk_data_as_uris(
+    dataset: Dataset, document: dict[str, Any], prefix: str, path_of: Callable[[str], str]
+) -> None:
     for element in dataset:
-        path = f"{prefix}{element.tag:08X}"
+        key = f"{element.tag:08X}"
+        entry = document.get(key)
+        if entry is None:
+            continue
         if element.VR == "SQ":
-            for number, item in enumerate(element.value):
-                _record_paths(item, f"{path}.{number}.", paths)
-        elif element.VR in _BINARY_VRS:
-            paths[id(element)] = path
+            for number, (item, item_json) in enumerate(
+                zip(element.value, entry.get("Value") or [], strict=False)
+            ):
+                _bulk_data_as_uris(item, item_json, f"{prefix}{key}.{number}.", path_of)
+        elif (
+            element.VR in _BINARY_VRS
+            and "InlineBinary" in entry
+            and isinstance(element.value, bytes | bytearray)
+            and len(element.value) > BULK_DATA_THRESHOLD
+        ):
+            del entry["InlineBinary"]
+            entry["BulkDataURI"] = BASE_PLACEHOLDER + path_of(f"{prefix}{key}")
 
 
 def render(document: str, base_url: str) -> str:

@@ -33,6 +33,10 @@ def can_decode(transfer_syntax_uid: str) -> bool:
     try:
         from pydicom.pixels.decoders.base import get_decoder  # noqa: PLC0415 (needs the imaging layer)
 
+        # pydicom has "decoders" for deflated and big endian native data too; those are
+        # not decompression (the frames are not encapsulated) and are not produced here.
+        if not UID(transfer_syntax_uid).is_compressed:
+            return False
         return bool(get_decoder(UID(transfer_syntax_uid)).is_available)
     except (ImportError, NotImplementedError, KeyError, ValueError):
         return False
@@ -41,7 +45,7 @@ def can_decode(transfer_syntax_uid: str) -> bool:
 def decompress_instance(data: bytes) -> bytes:
     """The instance re-encoded as Explicit VR Little Endian with native pixel data."""
     dataset = pydicom.dcmread(io.BytesIO(data))
-    dataset.decompress()
+    dataset.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)

@@ -76,9 +76,13 @@ def can_produce(requested: str, stored: str) -> bool:
     return stored in UNCOMPRESSED or (requested == EXPLICIT_VR_LITTLE_ENDIAN and can_decode(stored))
 
 
-def _ranges(accept: str | None, query: Mapping[str, str] | None) -> list[MediaRange]:
+def _ranges(accept: str | None, query: Mapping[str, str] | None) -> list[MediaRange] | None:
+    """The acceptable (q > 0) ranges; None without an Accept (anything goes)."""
     header = (query or {}).get("accept") or accept
-    ranges = [r for r in parse_accept(header) if r.q > 0] if header and header.strip() else []
+    parsed = parse_accept(header) if header and header.strip() else []
+    if not parsed:
+        return None
+    ranges = [r for r in parsed if r.q > 0]  # empty when every range is refused (q=0): 406
     rendered = [r for r in ranges if r.type.startswith("image/") and r.type in (*_RENDERED, "image/jpeg")]
     dicom = [r for r in ranges if r.type in (DICOM, "multipart/related") or r.param("type") == DICOM]
     if rendered and dicom:
@@ -94,16 +98,25 @@ def choose(
     single_part: bool,
     producible: Callable[[str], bool],
     query: Mapping[str, str] | None = None,
+    default_syntax: str | None = None,
 ) -> Choice:
     """The first acceptable range (by q) that can be produced.
 
     ``part_types`` says which part media types the resource has; ``single_part`` whether
-    a bare (non-multipart) response is allowed (one instance, PS3.18 §8.7.3.5).
+    a bare (non-multipart) response is allowed (one instance, PS3.18 §8.7.3.5);
+    ``default_syntax`` the resource's transfer syntax for a range that names neither a part
+    type nor a transfer syntax (none, ``*/*``, ``multipart/related; type="*/*"``) when it
+    is not the part type's default (bulk data: as stored).
     """
-    ranges = _ranges(accept, query) or [
-        MediaRange(parse_accept(f"multipart/related; type={default_part}")[0].media_type)
-    ]
+    default = f"multipart/related; type={default_part}"
+    if default_syntax is not None:
+        default += f"; transfer-syntax={default_syntax}"
+    ranges = _ranges(accept, query)
+    if ranges is None:
+        ranges = [MediaRange(parse_accept(default)[0].media_type)]
     for media_range in ranges:
+        if default_syntax is not None and _names_nothing(media_range):
+            media_range = MediaRange(parse_accept(default)[0].media_type, media_range.q)  # noqa: PLW2901
         choice = _choice(media_range, part_types, default_part, single_part)
         if choice is not None and producible(choice.transfer_syntax):
             return choice
@@ -113,6 +126,16 @@ def choose(
         + ("; or single-part " + default_part if single_part else "")
         + "."
     )
+
+
+def _names_nothing(media_range: MediaRange) -> bool:
+    """``*/*`` or multipart of any part type, without a transfer syntax: the resource's default."""
+    if media_range.param("transfer-syntax") is not None:
+        return False
+    if media_range.type == "*/*":
+        return True
+    part = media_range.param("type")
+    return media_range.type in ("multipart/*", "multipart/related") and (part is None or part == "*/*")
 
 
 def _choice(

@@ -259,8 +259,14 @@ class RetrieveService:
             part_types=lambda t: t == media.OCTET_STREAM,
             default_part=media.OCTET_STREAM,
             single_part=False,
-            producible=lambda ts: ts == media.AS_STORED or media.can_produce(ts, item.transfer_syntax_uid),
+            # Values are sent as read, never decoded: as stored, or re-labelled between
+            # the uncompressed syntaxes; no Accept (or */*) means as stored.
+            producible=lambda ts: (
+                ts in (media.AS_STORED, item.transfer_syntax_uid)
+                or (ts in media.UNCOMPRESSED and item.transfer_syntax_uid in media.UNCOMPRESSED)
+            ),
             query=request.query,
+            default_syntax=media.AS_STORED,
         )
         data = self.reader.read(item.s3_key, version_id=item.s3_version_id)
         value = _element_value(data, element_path)
