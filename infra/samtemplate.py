@@ -62,6 +62,16 @@ class Route:
 
 
 @dataclass(frozen=True)
+class QueueSource:
+    """An SQS event source of a function (an `SQS` event in template.yaml)."""
+
+    function: str
+    queue: str  # logical id of the AWS::SQS::Queue
+    batch_size: int
+    reports_failures: bool
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     logical_id: str
     code_uri: Path
@@ -128,6 +138,25 @@ class Template:
         auth = self.http_api()["Auth"]
         name = authorizer or auth["DefaultAuthorizer"]
         return cast(Mapping[str, Any], auth["Authorizers"][name]["JwtConfiguration"])
+
+    def queue_sources(self) -> list[QueueSource]:
+        sources = []
+        for name, res in self.resources_of_type("AWS::Serverless::Function").items():
+            for event in res["Properties"].get("Events", {}).values():
+                if event["Type"] != "SQS":
+                    continue
+                props = event["Properties"]
+                queue = props["Queue"]
+                logical = queue["Fn::GetAtt"][0] if isinstance(queue, dict) else str(queue)
+                sources.append(
+                    QueueSource(
+                        function=name,
+                        queue=logical,
+                        batch_size=int(props.get("BatchSize", 10)),
+                        reports_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+                    )
+                )
+        return sources
 
     def routes(self) -> list[Route]:
         default_authorizer = self.http_api().get("Auth", {}).get("DefaultAuthorizer")

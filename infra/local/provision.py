@@ -65,7 +65,8 @@ class Stack:
                 return self.resolve(when_true if self.condition(condition) else when_false)
             case "Fn::Join":
                 separator, items = arg
-                return separator.join(str(self.resolve(i)) for i in items)
+                resolved = self.resolve(items)  # a list, or a Ref to a CommaDelimitedList
+                return separator.join(str(self.resolve(i)) for i in resolved)
             case _:
                 return {name: self.resolve(arg)}
 
@@ -180,9 +181,17 @@ def _event_bus(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:
     stack.attributes[logical_id] = {"Arn": _arn(stack, "events", f"event-bus/{name}"), "Name": name}
 
 
+_QUEUE_ATTRIBUTES = ("VisibilityTimeout", "MessageRetentionPeriod", "RedrivePolicy")
+
+
 def _queue(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:
     name = str(stack.resolve(props.get("QueueName", _name(logical_id))))
-    url = stack.client("sqs").create_queue(QueueName=name)["QueueUrl"]
+    attributes = {}
+    for key in _QUEUE_ATTRIBUTES:
+        if key in props:
+            value = stack.resolve(props[key])
+            attributes[key] = json.dumps(value) if isinstance(value, dict) else str(value)
+    url = stack.client("sqs").create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
     stack.physical_ids[logical_id] = url
     stack.attributes[logical_id] = {"Arn": _arn(stack, "sqs", name), "QueueName": name, "QueueUrl": url}
 
@@ -245,7 +254,22 @@ def _user_pool_client(stack: Stack, logical_id: str, props: Mapping[str, Any]) -
     stack.physical_ids[logical_id] = client_id
 
 
+def _secret(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:
+    """A generated secret (GenerateSecretString), created once and kept by the snapshot."""
+    secrets = stack.client("secretsmanager")
+    name = _name(logical_id)
+    try:
+        arn = secrets.describe_secret(SecretId=name)["ARN"]
+    except secrets.exceptions.ResourceNotFoundException:
+        length = int(props.get("GenerateSecretString", {}).get("PasswordLength", 32))
+        value = secrets.get_random_password(PasswordLength=length, ExcludePunctuation=True)["RandomPassword"]
+        arn = secrets.create_secret(Name=name, SecretString=value)["ARN"]
+    stack.physical_ids[logical_id] = arn
+    stack.attributes[logical_id] = {"Id": arn}
+
+
 _CREATORS = (
+    ("AWS::SecretsManager::Secret", _secret),
     ("AWS::S3::Bucket", _bucket),
     ("AWS::DynamoDB::Table", _table),
     ("AWS::Events::EventBus", _event_bus),

@@ -38,6 +38,7 @@ from infra.local.gateway import CorsPolicy, Gateway, make_server
 from infra.local.loader import load_folder
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import ACCOUNT_ID, provision
+from infra.local.queues import QueuePoller
 from infra.local.workers import FunctionConfig, FunctionPool
 from infra.samtemplate import Template, load_template
 
@@ -159,6 +160,20 @@ class LocalStack:
             threading.Thread(target=self._drain_events, name="event-log", daemon=True),
             threading.Thread(target=self._snapshot_loop, name="snapshot", daemon=True),
         ]
+        for source in self.template.queue_sources():
+            poller = QueuePoller(
+                source,
+                sqs=self.stack.client("sqs"),
+                queue_url=self.stack.physical_ids[source.queue],
+                queue_arn=self.stack.attributes[source.queue]["Arn"],
+                region=REGION,
+                pool=self.pools[source.function],
+                stopping=self._stopping,
+                activity=self.gateway.activity,
+            )
+            self._threads.append(
+                threading.Thread(target=poller.run, name=f"sqs-{source.function}", daemon=True)
+            )
         for thread in self._threads:
             thread.start()
         for pool in self.pools.values():

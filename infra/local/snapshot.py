@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from moto.backends import get_backend
 from moto.s3.utils import _VersionedKeyStore
 
-SERVICES = ("s3", "dynamodb", "events", "sqs", "cognito-idp")
+SERVICES = ("s3", "dynamodb", "events", "sqs", "cognito-idp", "secretsmanager")
 FORMAT_VERSION = 1
 
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))

@@ -38,6 +38,7 @@ class Settings:
     public_base_url: str  # empty: derive from the request's host
     duplicate_policy: DuplicatePolicy
     limits: Limits
+    event_source: str = "dicomweb"  # the research store publishes as dicomweb.deid
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -57,6 +58,7 @@ class Settings:
             public_base_url=environ.get("PUBLIC_BASE_URL", "").rstrip("/"),
             duplicate_policy=duplicate_policy,
             limits=Limits(),
+            event_source=environ.get("EVENT_SOURCE", "dicomweb"),
         )
 
 

@@ -22,8 +22,9 @@ class EventPublishError(RuntimeError):
 
 
 class EventPublisher:
-    def __init__(self, bus_name: str, *, client: Any = None) -> None:
+    def __init__(self, bus_name: str, *, source: str = EVENT_SOURCE, client: Any = None) -> None:
         self.bus_name = bus_name
+        self.source = source
         self._client = client
 
     @cached_property
@@ -33,7 +34,7 @@ class EventPublisher:
     def publish(self, detail_type: str, details: Iterable[Mapping[str, Any]]) -> None:
         entries = [
             {
-                "Source": EVENT_SOURCE,
+                "Source": self.source,
                 "DetailType": detail_type,
                 "Detail": json.dumps(detail, separators=(",", ":")),
                 "EventBusName": self.bus_name,

@@ -1,0 +1,72 @@
+"""De-identification hook: InstanceStored (EventBridge → SQS) → the research store (PS3.15 Annex E)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from dicomweb_core.config import settings
+from dicomweb_core.deid.pipeline import DeidPipeline, Rules
+from dicomweb_core.deid.profile import Dates, Deidentifier, Options
+from dicomweb_core.events import EventPublisher
+from dicomweb_core.index.writer import IndexWriter
+from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
+from dicomweb_core.storage import ObjectReader, S3InstanceStore
+from dicomweb_core.stow import StowService
+
+SETTINGS = settings()  # TABLE_NAME / BUCKET_NAME name the research store here
+
+
+def _options(environ: dict[str, str]) -> Options:
+    names = {
+        n.strip() for n in environ.get("DEID_OPTIONS", "").split(",") if n.strip() and n.strip() != "none"
+    }
+    known = set(Options.__dataclass_fields__) - {"dates"}
+    unknown = names - known
+    if unknown:
+        raise ValueError(f"unknown DEID_OPTIONS: {', '.join(sorted(unknown))}")
+    return Options(dates=Dates(environ.get("DEID_DATES", "modified")), **dict.fromkeys(names, True))
+
+
+def _key(secret_arn: str) -> bytes:
+    secret = boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
+    return str(secret).encode()
+
+
+PIPELINE = DeidPipeline(
+    source=ObjectReader(os.environ["SOURCE_BUCKET_NAME"]),
+    deidentifier=Deidentifier(_key(os.environ["DEID_KEY_SECRET_ARN"]), _options(dict(os.environ))),
+    stow=StowService(
+        settings=SETTINGS,
+        store=S3InstanceStore(SETTINGS.bucket_name),
+        index=IndexWriter(),
+        events=EventPublisher(SETTINGS.event_bus_name, source=SETTINGS.event_source),
+    ),
+    quarantine=S3InstanceStore(SETTINGS.bucket_name),
+    rules=Rules.from_environ(os.environ),
+)
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@tracer.capture_method
+def handle(record: SQSRecord) -> None:
+    event = json.loads(record.body)
+    outcome = PIPELINE.process(event["detail"])
+    logger.info("de-identification", extra={"status": outcome.status, "reason": outcome.reason})
+    metrics.add_metric(f"Deid{outcome.status.capitalize()}", MetricUnit.Count, 1)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    response = process_partial_response(
+        event=event, record_handler=handle, processor=processor, context=context
+    )
+    return dict(response)
