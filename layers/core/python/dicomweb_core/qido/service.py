@@ -17,6 +17,7 @@ from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
 from dicomweb_core.qido.render import result, xml_multipart
 from dicomweb_core.qido.search import search
+from dicomweb_core.stores import StoreRoot
 from dicomweb_core.uri import DicomWebURI
 
 JSON_OFFER = MediaType("application/dicom+json")
@@ -29,10 +30,11 @@ def respond(
     level: Level,
     *,
     settings: Settings,
+    root: StoreRoot,
     study: str | None = None,
     series: str | None = None,
 ) -> Response[bytes]:
-    base_url = http.base_url(event, settings.public_base_url)
+    base_url = root.base_url(http.base_url(event, settings.public_base_url))
     scope = DicomWebURI(base_url, study=study, series=series)  # validates the path UIDs
     raw_query = event.get("rawQueryString") or ""
     chosen = negotiate(
