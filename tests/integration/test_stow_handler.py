@@ -128,8 +128,11 @@ def test_layer_requirements_pin_what_the_core_imports() -> None:
         assert package in text
 
 
-def test_index_models_match_the_template_table() -> None:
-    (table,) = load_template().resources_of_type("AWS::DynamoDB::Table").values()
+@pytest.mark.parametrize("name", sorted(load_template().resources_of_type("AWS::DynamoDB::Table")))
+def test_index_models_match_the_template_table(name: str) -> None:
+    # Given a table of the template (the primary index and the research store's index)
+    table = load_template().resources_of_type("AWS::DynamoDB::Table")[name]
+    # Then its keys and GSIs are exactly the ones the pynamodb models define
     keys = {k["KeyType"]: k["AttributeName"] for k in table["Properties"]["KeySchema"]}
     assert keys == {"HASH": key_schema()["hash_key"], "RANGE": key_schema()["range_key"]}
     template_indexes = {
