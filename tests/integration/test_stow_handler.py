@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 from collections.abc import Iterator
 from types import ModuleType
@@ -15,29 +14,9 @@ from dicomweb_core import config
 from dicomweb_core.index.models import StudyItem, bind_table, key_schema, secondary_indexes
 from infra.local.provision import provision
 from infra.samtemplate import REPO_ROOT, load_template
+from tests.lambda_harness import LambdaContext, load_handler
 
 EVENTS = REPO_ROOT / "events"
-
-
-class Context:
-    function_name = "StowFunction"
-    memory_limit_in_mb = 1024
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:StowFunction"
-    aws_request_id = "test-request"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
-
-
-def load_handler(function: str) -> ModuleType:
-    spec = load_template().functions()[function]
-    module_name, _ = spec.handler.rsplit(".", 1)
-    location = spec.code_uri / f"{module_name}.py"
-    module_spec = importlib.util.spec_from_file_location(f"{function}_{module_name}", location)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -53,7 +32,7 @@ def stow(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
 
 
 def invoke(module: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-    response = module.handler(event, Context())
+    response = module.handler(event, LambdaContext("StowFunction"))
     body = response["body"]
     if response.get("isBase64Encoded"):
         body = base64.b64decode(body).decode()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import math
@@ -56,6 +55,7 @@ from infra.local.provision import provision
 from infra.samtemplate import load_template
 from tests.dicom_files import PYDICOM_DATA_FILES, PYDICOM_TEST_FILES, part10_files
 from tests.generate import make_dataset, new_uid, to_part10
+from tests.lambda_harness import LambdaContext, load_handler, route_for
 
 DOMAIN = "dicom.example.test"
 BASE_URL = f"https://{DOMAIN}"
@@ -168,54 +168,9 @@ def transfer_syntax_of(part_content_type: str) -> str | None:
 
 
 # ---------------------------------------------------------------------- the environment
-class Context:
-    function_name = "WadoFunction"
-    memory_limit_in_mb = 1769
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:WadoFunction"
-    aws_request_id = "test-request"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
-
-
-def load_handler(function: str) -> ModuleType:
-    spec = load_template().functions()[function]
-    module_name, _ = spec.handler.rsplit(".", 1)
-    location = spec.code_uri / f"{module_name}.py"
-    module_spec = importlib.util.spec_from_file_location(f"wado_test_{module_name}", location)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
-ROUTES = (
-    (re.compile(r"^/studies/[^/]+$"), "/studies/{study}"),
-    (re.compile(r"^/studies/[^/]+/metadata$"), "/studies/{study}/metadata"),
-    (re.compile(r"^/studies/[^/]+/series/[^/]+$"), "/studies/{study}/series/{series}"),
-    (re.compile(r"^/studies/[^/]+/series/[^/]+/metadata$"), "/studies/{study}/series/{series}/metadata"),
-    (
-        re.compile(r"^/studies/[^/]+/series/[^/]+/instances/[^/]+$"),
-        "/studies/{study}/series/{series}/instances/{instance}",
-    ),
-    (
-        re.compile(r"^/studies/[^/]+/series/[^/]+/instances/[^/]+/metadata$"),
-        "/studies/{study}/series/{series}/instances/{instance}/metadata",
-    ),
-    (
-        re.compile(r"^/studies/[^/]+/series/[^/]+/instances/[^/]+/frames/[^/]+$"),
-        "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
-    ),
-    (
-        re.compile(r"^/studies/[^/]+/series/[^/]+/instances/[^/]+/bulkdata/[^/]+$"),
-        "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path}",
-    ),
-)
-
-
 def wado_event(path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """A payload v2 event as the HTTP API sends it for a GET on one of the WADO routes."""
-    route = next(template for pattern, template in ROUTES if pattern.match(path))
+    route = route_for("GET", path).path
     lowered = {k.lower(): v for k, v in (headers or {}).items()}
     lowered.setdefault("host", DOMAIN)
     return {
@@ -284,7 +239,7 @@ class World:
         """GET ``path`` (or an absolute URL under BASE_URL) through the WADO handler."""
         if path.startswith(BASE_URL):
             path = path[len(BASE_URL) :]
-        response = self.handler.handler(wado_event(path, headers), Context())
+        response = self.handler.handler(wado_event(path, headers), LambdaContext("WadoFunction"))
         # Metrics are disabled in tests, so nothing flushes them; they would pile up.
         self.handler.metrics.clear_metrics()
         body = response.get("body") or ""
