@@ -283,3 +283,37 @@ def test_malformed_event_is_dead_lettered(runtime: Runtime) -> None:
     assert json.loads(message["Body"]) == body
     assert int(message["Attributes"]["ApproximateReceiveCount"]) >= 5
     assert time.monotonic() - started >= 4  # retried, 2 s apart, not dead-lettered at once
+
+
+def _post(runtime: Runtime, path: str, *, role: str | None) -> requests.Response:
+    headers = runtime.auth(role) if role else {}
+    return requests.post(f"{runtime.base_url}{path}", headers=headers, timeout=TIMEOUT_S)
+
+
+def test_admin_requests_a_study_deidentification_on_demand(
+    runtime: Runtime, original: Original, research: Research
+) -> None:
+    # Given a stored study, When the admin asks for its de-identification
+    response = _post(runtime, f"/admin/deidentify/studies/{original.study}", role="admin")
+    # Then it is accepted for asynchronous work, one request per instance
+    assert response.status_code == HTTPStatus.ACCEPTED, response.text
+    assert response.json() == {"study": original.study, "instancesQueued": 2, "status": "accepted"}
+    # And the copy is (still) found by the researcher: a replay stores nothing twice
+    time.sleep(2)  # the queued requests run, and store nothing new
+    listed = get(runtime, f"/deid/studies?PatientID={research.pseudonym}", role="researcher")
+    assert listed.status_code == HTTPStatus.OK
+    assert _value(listed.json()[0], "00201208") == 2
+
+
+@pytest.mark.parametrize(
+    ("role", "status"), [("uploader", 403), ("viewer", 403), ("researcher", 403), (None, 401)]
+)
+def test_only_the_admin_may_request_deidentification(
+    runtime: Runtime, original: Original, role: str | None, status: int
+) -> None:
+    assert _post(runtime, f"/admin/deidentify/studies/{original.study}", role=role).status_code == status
+
+
+def test_unknown_and_malformed_studies_are_refused(runtime: Runtime) -> None:
+    assert _post(runtime, f"/admin/deidentify/studies/{new_uid()}", role="admin").status_code == 404
+    assert _post(runtime, "/admin/deidentify/studies/1.2.03", role="admin").status_code == 400

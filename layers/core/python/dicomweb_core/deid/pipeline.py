@@ -46,6 +46,9 @@ class Rules:
         return cls(modalities or frozenset({"*"}), environ.get("DEID_QUARANTINE_BURNED_IN", "true") == "true")
 
     def selects(self, modality: str) -> bool:
+        """Automatic de-identification of this modality ("none": on demand only)."""
+        if "NONE" in self.modalities:
+            return False
         return "*" in self.modalities or modality.upper() in self.modalities
 
 
@@ -97,7 +100,7 @@ class DeidPipeline:
 
     def process(self, detail: Mapping[str, Any]) -> Outcome:
         """One ``InstanceStored`` event's detail → a stored, skipped or quarantined copy."""
-        if not self.rules.selects(str(detail.get("modality", ""))):
+        if not detail.get("forced") and not self.rules.selects(str(detail.get("modality", ""))):
             return Outcome("skipped", "modality not selected for de-identification")
         data = self.source.read(str(detail["s3Key"]), version_id=detail.get("s3VersionId") or None)
         dataset = pydicom.dcmread(io.BytesIO(data))
