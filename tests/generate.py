@@ -69,3 +69,57 @@ def to_part10(ds: Dataset, *, preamble: bytes | None = None) -> bytes:
 
 def make_instance(**kwargs: Any) -> bytes:
     return to_part10(make_dataset(**kwargs))
+
+
+PHI_VALUES = (
+    "Doe^Jane",
+    "PID-12345",
+    "ACC-998877",
+    "St. Elsewhere",
+    "221B Baker Street",
+    "Smith^Referring",
+    "Jones^Operator",
+    "Secret^Perf",
+)
+
+
+def make_phi_rich(
+    *,
+    study: str | None = None,
+    series: str | None = None,
+    sop: str | None = None,
+    modality: str = "CT",
+    referenced: str | None = None,
+    **attributes: Any,
+) -> Dataset:
+    """An instance with PHI (PHI_VALUES) at the top level, in nested sequences, in a private
+    tag and in an Original Attributes Sequence, plus a reference to another instance."""
+    ds = make_dataset(
+        study=study, series=series, sop=sop, modality=modality, PatientName="Doe^Jane", PatientID="PID-12345"
+    )
+    ds.AccessionNumber = "ACC-998877"
+    ds.InstitutionName = "St. Elsewhere"
+    ds.InstitutionAddress = "221B Baker Street"
+    ds.ReferringPhysicianName = "Smith^Referring"
+    ds.OperatorsName = "Jones^Operator"
+    ds.PatientBirthDate = "19700101"
+    ds.StudyDate = "20240115"
+    ds.SeriesDate = "20240120"
+    ds.StudyDescription = "Head CT for Doe^Jane"
+    ds.add_new(0x00091010, "LO", "private PHI PID-12345")
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = CTImageStorage
+    reference.ReferencedSOPInstanceUID = referenced or new_uid()
+    ds.ReferencedImageSequence = [reference]
+    step = Dataset()
+    step.PerformingPhysicianName = "Secret^Perf"
+    step.RequestAttributesSequence = [Dataset()]
+    step.RequestAttributesSequence[0].AccessionNumber = "ACC-998877"
+    ds.ProcedureCodeSequence = [step]
+    original = Dataset()
+    original.PatientName = "Doe^Jane"
+    ds.OriginalAttributesSequence = [original]
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    return ds

@@ -9,7 +9,6 @@ or writes.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import boto3
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage, UltrasoundImageStorage
+from pydicom.uid import SecondaryCaptureImageStorage, UltrasoundImageStorage
 
 from dicomweb_core import config
 from dicomweb_core.config import Settings
@@ -34,7 +33,8 @@ from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow import StowService
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
-from tests.generate import make_dataset, new_uid, to_part10
+from tests.generate import make_phi_rich, new_uid, to_part10
+from tests.lambda_harness import LambdaContext, load_handler
 from tests.moto_stack import provisioned, stow_service
 
 ALL_MODALITIES = Rules(frozenset({"*"}), quarantine_burned_in=True)
@@ -55,42 +55,8 @@ PHI = (
 )
 
 
-class Context:
-    function_name = "DeidentifyFunction"
-    memory_limit_in_mb = 1769
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:DeidentifyFunction"
-    aws_request_id = "test-request"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 119_000
-
-
 def phi_rich(*, study: str | None = None, modality: str = "CT", **attributes: Any) -> Dataset:
-    """An instance with PHI at the top level, in nested sequences and in a private tag."""
-    ds = make_dataset(study=study, modality=modality, PatientName="Doe^Jane", PatientID="PID-12345")
-    ds.AccessionNumber = "ACC-998877"
-    ds.InstitutionName = "St. Elsewhere"
-    ds.InstitutionAddress = "221B Baker Street"
-    ds.ReferringPhysicianName = "Smith^Referring"
-    ds.OperatorsName = "Jones^Operator"
-    ds.PatientBirthDate = "19700101"
-    ds.StudyDate = "20240115"
-    ds.SeriesDate = "20240120"
-    ds.StudyDescription = "Head CT for Doe^Jane"
-    ds.add_new(0x00091010, "LO", "private PHI PID-12345")
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = CTImageStorage
-    reference.ReferencedSOPInstanceUID = new_uid()
-    ds.ReferencedImageSequence = [reference]
-    step = Dataset()
-    step.PerformingPhysicianName = "Secret^Perf"
-    step.RequestAttributesSequence = [Dataset()]
-    step.RequestAttributesSequence[0].AccessionNumber = "ACC-998877"
-    ds.ProcedureCodeSequence = [step]
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    return ds
+    return make_phi_rich(study=study, modality=modality, **attributes)
 
 
 def original_uids(ds: Dataset) -> list[str]:
@@ -383,17 +349,6 @@ def test_ultrasound_with_burned_in_annotation_no_is_stored(env: DeidEnv) -> None
 # ---------------------------------------------------------------- the Lambda handler
 
 
-def load_handler(function: str) -> ModuleType:
-    spec = load_template().functions()[function]
-    module_name, _ = spec.handler.rsplit(".", 1)
-    location = spec.code_uri / f"{module_name}.py"
-    module_spec = importlib.util.spec_from_file_location(f"{function}_{module_name}", location)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def deidentify(env: DeidEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """functions/deidentify/app.py with the environment the template gives DeidentifyFunction."""
@@ -439,7 +394,7 @@ def test_handler_reports_only_the_record_whose_source_is_missing(
     batch = {"Records": [sqs_record("good", event), sqs_record("missing", missing)]}
     # When the handler runs on the batch
     bind_table(env.research.table_name)
-    response = deidentify.handler(batch, Context())
+    response = deidentify.handler(batch, LambdaContext("DeidentifyFunction"))
     # Then only the missing one is reported as failed, and the good one is in the research store
     assert response == {"batchItemFailures": [{"itemIdentifier": "missing"}]}
     copy = env.research_copy(ds.SOPInstanceUID)
@@ -455,7 +410,9 @@ def test_handler_succeeds_for_a_good_batch(env: DeidEnv, deidentify: ModuleType)
     event = {"version": "0", "source": "dicomweb", "detail-type": "InstanceStored", "detail": detail}
     # When the handler runs
     bind_table(env.research.table_name)
-    response = deidentify.handler({"Records": [sqs_record("only", event)]}, Context())
+    response = deidentify.handler(
+        {"Records": [sqs_record("only", event)]}, LambdaContext("DeidentifyFunction")
+    )
     # Then nothing is reported failed and the copy is indexed
     assert response == {"batchItemFailures": []}
     assert env.research_sop(ds.SOPInstanceUID) is not None

@@ -10,7 +10,6 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage
 
 from dicomweb_core.config import Limits
 from dicomweb_core.deid.profile import Dates, Deidentifier, Options, Rule, table
@@ -19,45 +18,14 @@ from dicomweb_core.instance import read_instance
 from dicomweb_core.uid import is_valid_uid
 from infra.deid.make_table import convert
 from tests.dicom_files import part10_files
-from tests.generate import make_dataset
+from tests.generate import PHI_VALUES, make_phi_rich
 
 KEY = b"0123456789abcdef0123456789abcdef"
-PHI = [
-    "Doe^Jane",
-    "PID-12345",
-    "ACC-998877",
-    "St. Elsewhere",
-    "Smith^Referring",
-    "Jones^Operator",
-    "Secret^Perf",
-]
+PHI = list(PHI_VALUES)
 
 
 def phi_rich(study: str, series: str, sop: str, *, referenced: str = "1.2.3.4.5.6") -> Dataset:
-    """A data set with PHI at the top level, in nested sequences and in private tags."""
-    ds = make_dataset(study=study, series=series, sop=sop, PatientName="Doe^Jane", PatientID="PID-12345")
-    ds.AccessionNumber = "ACC-998877"
-    ds.InstitutionName = "St. Elsewhere"
-    ds.ReferringPhysicianName = "Smith^Referring"
-    ds.OperatorsName = "Jones^Operator"
-    ds.PatientBirthDate = "19700101"
-    ds.StudyDate = "20240115"
-    ds.SeriesDate = "20240120"
-    ds.StudyDescription = "Head CT for Doe^Jane"
-    ds.add_new(0x00091010, "LO", "private PHI PID-12345")
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = CTImageStorage
-    reference.ReferencedSOPInstanceUID = referenced
-    ds.ReferencedImageSequence = [reference]
-    step = Dataset()
-    step.PerformingPhysicianName = "Secret^Perf"
-    step.RequestAttributesSequence = [Dataset()]
-    step.RequestAttributesSequence[0].AccessionNumber = "ACC-998877"
-    ds.ProcedureCodeSequence = [step]
-    original = Dataset()
-    original.PatientName = "Doe^Jane"
-    ds.OriginalAttributesSequence = [original]
-    return ds
+    return make_phi_rich(study=study, series=series, sop=sop, referenced=referenced)
 
 
 def all_text(ds: Dataset) -> str:
