@@ -311,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    stopped.wait()
+    # Wake up regularly: the kernel may deliver the signal to another thread, and Python
+    # runs handlers only when the main thread next executes bytecode.
+    while not stopped.wait(timeout=0.5):
+        pass
     print("Stopping: saving state...", flush=True)
     stack.stop()
     print(f"State saved in {options.local_dir}.", flush=True)
