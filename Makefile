@@ -13,7 +13,7 @@ export PYTHONPATH := layers/core/python:.
 
 .PHONY: serve test test-fast lint bench build validate clean
 
-$(STAMP): requirements/dev.txt layers/core/requirements.txt layers/imaging/requirements.txt
+$(STAMP): requirements/dev.txt layers/core/requirements.txt layers/imaging/requirements.txt layers/inference/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt

@@ -6,7 +6,10 @@ Route keys come from template.yaml's routes, never from a copy of them.
 from __future__ import annotations
 
 import importlib.util
+import json
+from collections.abc import Mapping
 from types import ModuleType
+from typing import Any
 
 from infra.samtemplate import Route, load_template
 
@@ -45,3 +48,18 @@ def route_for(method: str, path: str) -> Route:
         if route.method == method and route.pattern.match(path):
             return route
     raise LookupError(f"no route in template.yaml serves {method} {path}")
+
+
+def sqs_record(message_id: str, body: Mapping[str, Any], *, queue: str = "local-queue") -> dict[str, Any]:
+    """One record of an SQS event source mapping's batch, as Lambda delivers it."""
+    return {
+        "messageId": message_id,
+        "receiptHandle": f"handle-{message_id}",
+        "body": json.dumps(body),
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}",
+        "awsRegion": "us-east-1",
+    }

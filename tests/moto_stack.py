@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from moto import mock_aws
@@ -30,10 +30,13 @@ def moto_account() -> Iterator[None]:
 
 
 def provisioned(
-    *, base_url: str = BASE_URL, policy: DuplicatePolicy = DuplicatePolicy.REJECT
+    *,
+    base_url: str = BASE_URL,
+    policy: DuplicatePolicy = DuplicatePolicy.REJECT,
+    parameters: Mapping[str, str] | None = None,
 ) -> tuple[Stack, Settings]:
     """Create the template's resources (inside :func:`moto_account`) and settings for them."""
-    stack = provision(load_template(), endpoint_url=None, region=REGION, overrides={})
+    stack = provision(load_template(), endpoint_url=None, region=REGION, overrides=parameters or {})
     bind_table(stack.physical_ids["IndexTable"])
     settings = Settings(
         table_name=stack.physical_ids["IndexTable"],

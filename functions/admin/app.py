@@ -12,7 +12,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from dicomweb_core import http
+from dicomweb_core import audit, http
 from dicomweb_core.config import settings
 from dicomweb_core.deid.requests import enqueue, study_requests
 from dicomweb_core.errors import DicomWebError
@@ -44,5 +44,6 @@ def deidentify_study(study: str) -> Response[str]:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@audit.audited
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -11,6 +11,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from dicomweb_core import audit
 from dicomweb_core.config import settings
 from dicomweb_core.deid.pipeline import DeidPipeline, Rules
 from dicomweb_core.deid.profile import Dates, Deidentifier, Options
@@ -56,10 +57,30 @@ processor = BatchProcessor(event_type=EventType.SQS)
 
 @tracer.capture_method
 def handle(record: SQSRecord) -> None:
-    event = json.loads(record.body)
-    outcome = PIPELINE.process(event["detail"])
+    detail = json.loads(record.body)["detail"]
+    subject = audit.Subject(
+        detail.get("studyInstanceUID"), detail.get("seriesInstanceUID"), detail.get("sopInstanceUID")
+    )
+    try:
+        outcome = PIPELINE.process(detail)
+    except Exception:
+        audit.emit(_audit_record(subject, audit.Outcome.SERIOUS_FAILURE, "failed"))
+        raise
+    audit.emit(_audit_record(subject, audit.Outcome.SUCCESS, outcome.status))
     logger.info("de-identification", extra={"status": outcome.status, "reason": outcome.reason})
     metrics.add_metric(f"Deid{outcome.status.capitalize()}", MetricUnit.Count, 1)
+
+
+def _audit_record(subject: audit.Subject, outcome: int, status: str) -> dict[str, Any]:
+    """De-identification exports an instance to the research store (PS3.15 A.5.3.8 Export)."""
+    return audit.record(
+        audit.AuditEvent.EXPORT,
+        action="R",
+        outcome=outcome,
+        requestor=audit.SYSTEM,
+        objects=subject.participants(),
+        description=f"de-identification: {status}",
+    )
 
 
 @logger.inject_lambda_context

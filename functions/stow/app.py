@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from dicomweb_core import http
+from dicomweb_core import audit, http
 from dicomweb_core.config import settings
 from dicomweb_core.errors import DicomWebError
 from dicomweb_core.events import EventPublisher
@@ -42,6 +42,8 @@ def store_instances(study: str | None = None) -> Response[str]:
         http.header(event, "content-type"), http.request_body(event), settings=SETTINGS
     )
     outcome = SERVICE.store_all(payloads, study=target.study)
+    for stored in outcome.stored:
+        audit.note(audit.Subject(study=stored.study_instance_uid))
     metrics.add_metric("InstancesStored", MetricUnit.Count, len(outcome.stored))
     metrics.add_metric("InstancesFailed", MetricUnit.Count, len(outcome.failures))
     warnings = [http.warning_value(f.message) for f in outcome.failures[:10]]
@@ -55,5 +57,6 @@ def store_instances(study: str | None = None) -> Response[str]:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@audit.audited
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

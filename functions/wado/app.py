@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from dicomweb_core import http, stores
+from dicomweb_core import audit, http, stores
 from dicomweb_core.config import settings
 from dicomweb_core.errors import DicomWebError
 from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
@@ -95,5 +95,6 @@ def _measured(service: RetrieveService, response: Response[bytes]) -> Response[b
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@audit.audited
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from dicomweb_core import audit
 from infra.local.auth import AuthorizationFailure, AuthorizedRequest, JwtAuthorizer
 from infra.local.workers import FunctionError, FunctionPool, InvocationTimeout
 from infra.samtemplate import Route
@@ -89,12 +90,13 @@ class GatewayResponse:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    unanswered: bool = False  # the gateway answered instead of the function
 
     @classmethod
     def message(cls, status: HTTPStatus, text: str | None = None) -> GatewayResponse:
         """API Gateway's own JSON error shape: {"message": "..."}."""
         body = json.dumps({"message": text or status.phrase}).encode()
-        return cls(int(status), {"content-type": "application/json"}, body)
+        return cls(int(status), {"content-type": "application/json"}, body, unanswered=True)
 
 
 class Activity:
@@ -143,6 +145,7 @@ class Gateway:
         cors: CorsPolicy,
         api_id: str = "local",
         on_invoke: Callable[[str, str], None] | None = None,
+        audit_sink: audit.AuditSink | None = None,
     ) -> None:
         self.routes = list(routes)
         self.functions = functions
@@ -150,13 +153,18 @@ class Gateway:
         self.cors = cors
         self.api_id = api_id
         self.on_invoke = on_invoke
+        self.audit_sink = audit_sink
         self.activity = Activity()
 
     def handle(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes, *, source_ip: str, host: str
     ) -> GatewayResponse:
         origin = headers.get("origin")
-        response = self._handle(method, target, headers, body, source_ip=source_ip, host=host)
+        response, unaudited = self._handle(method, target, headers, body, source_ip=source_ip, host=host)
+        if unaudited is not None and self.audit_sink is not None:
+            # The function did not run (or did not answer): record the request here, as the
+            # API's access log does in the cloud.
+            self.audit_sink.write(audit.http_message(unaudited, response.status))
         if method != "OPTIONS":
             response.headers.update(self.cors.response_headers(origin))
         response.headers.setdefault("apigw-requestid", uuid.uuid4().hex[:16])
@@ -170,7 +178,8 @@ class Gateway:
 
     def _handle(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes, *, source_ip: str, host: str
-    ) -> GatewayResponse:
+    ) -> tuple[GatewayResponse, dict[str, Any] | None]:
+        """The response, and the request's event when no function recorded it in the audit trail."""
         split = urlsplit(target)
         path = split.path or "/"
         if method == "OPTIONS" and "access-control-request-method" in headers:
@@ -179,27 +188,37 @@ class Gateway:
                 headers["access-control-request-method"],
                 headers.get("access-control-request-headers", ""),
             )
-            return GatewayResponse(int(HTTPStatus.NO_CONTENT), preflight or {})
+            return GatewayResponse(int(HTTPStatus.NO_CONTENT), preflight or {}), None
         matched = self._match(method, path)
         if matched is None:
-            return GatewayResponse.message(HTTPStatus.NOT_FOUND)
+            unrouted = {
+                "routeKey": f"{method} {path}",
+                "rawPath": path,
+                "rawQueryString": split.query,
+                "requestContext": {"http": {"method": method, "sourceIp": source_ip}},
+            }
+            return GatewayResponse.message(HTTPStatus.NOT_FOUND), unrouted
         route, path_parameters = matched
         authorized: AuthorizedRequest | None = None
         if self.authorizer is not None and route.authorizer is not None:
             try:
                 authorized = self.authorizer.authorize(headers.get("authorization"), route.scopes)
             except AuthorizationFailure as failure:
+                refused = self._event(
+                    route, path, split.query, path_parameters, headers, b"", None, source_ip, host
+                )
                 return GatewayResponse(
                     failure.status,
                     {"content-type": "application/json", **failure.headers},
                     json.dumps(failure.body).encode(),
-                )
-        if len(body) > MAX_REQUEST_BYTES:
-            return GatewayResponse.message(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                ), refused
         event = self._event(
             route, path, split.query, path_parameters, headers, body, authorized, source_ip, host
         )
-        return self._invoke(route.function, event)
+        if len(body) > MAX_REQUEST_BYTES:
+            return GatewayResponse.message(HTTPStatus.REQUEST_ENTITY_TOO_LARGE), {**event, "body": ""}
+        response = self._invoke(route.function, event)
+        return response, (event if response.unanswered else None)
 
     def _match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         for route in self.routes:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
 
 from infra.samtemplate import FunctionSpec, Template
 
@@ -181,7 +182,7 @@ def _event_bus(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:
     stack.attributes[logical_id] = {"Arn": _arn(stack, "events", f"event-bus/{name}"), "Name": name}
 
 
-_QUEUE_ATTRIBUTES = ("VisibilityTimeout", "MessageRetentionPeriod", "RedrivePolicy")
+_QUEUE_ATTRIBUTES = ("DelaySeconds", "VisibilityTimeout", "MessageRetentionPeriod", "RedrivePolicy")
 
 
 def _queue(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:
@@ -191,7 +192,14 @@ def _queue(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:
         if key in props:
             value = stack.resolve(props[key])
             attributes[key] = json.dumps(value) if isinstance(value, dict) else str(value)
-    url = stack.client("sqs").create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    sqs = stack.client("sqs")
+    try:
+        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    except ClientError as exc:  # restored from a snapshot with other settings
+        if exc.response["Error"]["Code"] not in {"QueueAlreadyExists", "QueueNameExists"}:
+            raise
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
     stack.physical_ids[logical_id] = url
     stack.attributes[logical_id] = {"Arn": _arn(stack, "sqs", name), "QueueName": name, "QueueUrl": url}
 

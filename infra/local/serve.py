@@ -24,6 +24,7 @@ from typing import Any
 
 from moto.server import ThreadedMotoServer
 
+from dicomweb_core.audit import FileSink
 from infra.local import snapshot
 from infra.local.auth import (
     DEFAULT_LIFETIME,
@@ -71,6 +72,8 @@ class Options:
     load: Path | None
     cors_origins: tuple[str, ...]
     persist: bool = True  # snapshot moto to $LOCAL_DIR (the benchmarks turn it off)
+    # A series is stable after this quiet time; seconds locally so results show up quickly.
+    stable_age_seconds: int = int(os.environ.get("STABLE_AGE_SECONDS", "3"))
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> Options:
@@ -104,6 +107,7 @@ class LocalStack:
         self.snapshot_path = options.local_dir / "state.pickle"
         self.events_path = options.local_dir / "events.jsonl"
         self.tokens_path = options.local_dir / "tokens.json"
+        self.audit_path = options.local_dir / "audit.jsonl"
         self._stopping = threading.Event()
         self._dirty = threading.Event()
 
@@ -122,7 +126,11 @@ class LocalStack:
             self.template,
             endpoint_url=self.moto_url,
             region=REGION,
-            overrides={"PublicBaseUrl": self.base_url, "AllowedOrigins": ",".join(self.options.cors_origins)},
+            overrides={
+                "PublicBaseUrl": self.base_url,
+                "AllowedOrigins": ",".join(self.options.cors_origins),
+                "StableAgeSeconds": str(self.options.stable_age_seconds),
+            },
         )
         self._record_events()
         self.pools = {name: FunctionPool(config) for name, config in self._function_configs().items()}
@@ -153,6 +161,7 @@ class LocalStack:
                 api.get("CorsConfiguration", {}), origins=self.options.cors_origins
             ),
             on_invoke=lambda function, took: self._dirty.set(),
+            audit_sink=FileSink(self.audit_path),
         )
         self.server = make_server(self.gateway, self.options.host, self.options.port)
         self._threads = [
@@ -192,6 +201,7 @@ class LocalStack:
                 "POWERTOOLS_TRACE_DISABLED": "true",
                 "POWERTOOLS_METRICS_DISABLED": "true",
                 "POWERTOOLS_DEV": os.environ.get("POWERTOOLS_DEV", "false"),
+                "AUDIT_FILE": str(self.audit_path),
             }
             configs[name] = FunctionConfig(
                 name=name,

@@ -34,7 +34,7 @@ from dicomweb_core.stow import StowService
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
 from tests.generate import make_phi_rich, new_uid, to_part10
-from tests.lambda_harness import LambdaContext, load_handler
+from tests.lambda_harness import LambdaContext, load_handler, sqs_record
 from tests.moto_stack import provisioned, stow_service
 
 ALL_MODALITIES = Rules(frozenset({"*"}), quarantine_burned_in=True)
@@ -360,20 +360,6 @@ def deidentify(env: DeidEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[Module
     bind_table(env.research.table_name)  # TABLE_NAME names DeidTable in this function
     yield module
     config.settings.cache_clear()
-
-
-def sqs_record(message_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "messageId": message_id,
-        "receiptHandle": f"handle-{message_id}",
-        "body": json.dumps(body),
-        "attributes": {"ApproximateReceiveCount": "1"},
-        "messageAttributes": {},
-        "md5OfBody": "",
-        "eventSource": "aws:sqs",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:local-deidqueue",
-        "awsRegion": "us-east-1",
-    }
 
 
 def test_handler_reports_only_the_record_whose_source_is_missing(

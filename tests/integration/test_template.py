@@ -188,6 +188,14 @@ def _policy_statements_for(bucket: str) -> Iterator[Mapping[str, Any]]:
             yield from _as_list(props["PolicyDocument"]["Statement"])
 
 
+def _branches(value: Any) -> list[Any]:
+    """Every value an ``Fn::If`` can take (the value itself when it is not one)."""
+    if isinstance(value, Mapping) and "Fn::If" in value:
+        _condition, when_true, when_false = value["Fn::If"]
+        return [*_branches(when_true), *_branches(when_false)]
+    return [value]
+
+
 @pytest.mark.parametrize("name", sorted(_buckets()))
 def test_bucket_is_versioned_encrypted_private_and_tls_only(name: str) -> None:
     # Given a bucket of the template
@@ -201,7 +209,9 @@ def test_bucket_is_versioned_encrypted_private_and_tls_only(name: str) -> None:
     # Then it keeps versions, encrypts by default and blocks every kind of public access
     assert props["VersioningConfiguration"]["Status"] == "Enabled"
     assert encryption
-    assert all(rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] for rule in encryption)
+    defaults = [d for rule in encryption for d in _branches(rule["ServerSideEncryptionByDefault"])]
+    assert {d["SSEAlgorithm"] for d in defaults} == {"AES256", "aws:kms"}  # EncryptionKey's two choices
+    assert all(d.get("KMSMasterKeyID") for d in defaults if d["SSEAlgorithm"] == "aws:kms")
     for flag in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"):
         assert public_block.get(flag) is True, f"{name}: {flag} is not true"
     # And its policy denies any request made without TLS, on the bucket and its objects

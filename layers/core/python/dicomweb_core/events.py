@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 EVENT_SOURCE = "dicomweb"
 INSTANCE_STORED = "InstanceStored"
+SERIES_STABLE = "SeriesStable"
+STUDY_STABLE = "StudyStable"
+INFERENCE_COMPLETED = "InferenceCompleted"
 _BATCH = 10  # PutEvents accepts at most 10 entries per call
 
 

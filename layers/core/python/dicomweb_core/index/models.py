@@ -24,6 +24,7 @@ design, what each index serves and what it costs per write is in docs/index-desi
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from typing import Any
 
 from pynamodb.attributes import (
@@ -94,6 +95,14 @@ class IndexItem(Model):
     g8 = _gsi(8)()
 
 
+def content_version(count: object, updated_at: datetime | None) -> str:
+    """A study's or series' content version: it changes whenever an instance is added or
+    replaced (the writer bumps ``updated_at`` in the same transaction). Used as the ETag of
+    aggregate metadata and as the version stability and inference are keyed on."""
+    stamp = updated_at.timestamp() if updated_at is not None else 0.0
+    return f"{int(count)}-{int(stamp * 1_000_000)}"  # type: ignore[call-overload]
+
+
 def study_pk(study: str) -> str:
     return f"STUDY#{study}"
 
@@ -106,10 +115,15 @@ class StudyItem(IndexItem, discriminator="study"):
     modality_combo = UnicodeAttribute(null=True)  # sorted ModalitiesInStudy joined by "\"
     series_count = NumberAttribute(default=0)  # NumberOfStudyRelatedSeries
     instance_count = NumberAttribute(default=0)  # NumberOfStudyRelatedInstances
+    stable_version = UnicodeAttribute(null=True)  # the version last announced as StudyStable
 
     @staticmethod
     def key(study: str) -> tuple[str, str]:
         return study_pk(study), "STUDY"
+
+    @property
+    def version(self) -> str:
+        return content_version(self.instance_count, self.updated_at)
 
 
 class SeriesItem(IndexItem, discriminator="series"):
@@ -120,10 +134,15 @@ class SeriesItem(IndexItem, discriminator="series"):
     study_json = UnicodeAttribute(null=True)  # the study's attributes when the series was created
     sort_key = UnicodeAttribute(null=True)
     instance_count = NumberAttribute(default=0)  # NumberOfSeriesRelatedInstances
+    stable_version = UnicodeAttribute(null=True)  # the version last announced as SeriesStable
 
     @staticmethod
     def key(study: str, series: str) -> tuple[str, str]:
         return study_pk(study), f"SERIES#{series}"
+
+    @property
+    def version(self) -> str:
+        return content_version(self.instance_count, self.updated_at)
 
 
 class InstanceItem(IndexItem, discriminator="instance"):
@@ -161,6 +180,22 @@ class SopItem(IndexItem, discriminator="sop"):
     @staticmethod
     def key(sop: str) -> tuple[str, str]:
         return f"SOP#{sop}", "SOP"
+
+
+class InferenceRunItem(IndexItem, discriminator="inference-run"):
+    """A finished inference run: one per (series version, model, model version); its
+    existence makes re-delivered ``SeriesStable`` events no-ops."""
+
+    study_uid = UnicodeAttribute()
+    series_uid = UnicodeAttribute()
+    model = UnicodeAttribute()
+    model_version = UnicodeAttribute()
+    status = UnicodeAttribute()  # completed | declined
+    results = UnicodeAttribute()  # JSON list of the stored result objects
+
+    @staticmethod
+    def key(study: str, series: str, version: str, model: str, model_version: str) -> tuple[str, str]:
+        return study_pk(study), f"RUN#{series}#{version}#{model}#{model_version}"
 
 
 class PostingItem(IndexItem, discriminator="posting"):

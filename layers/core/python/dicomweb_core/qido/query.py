@@ -24,8 +24,9 @@ _CONTROL = frozenset({"includefield", "limit", "offset", "fuzzymatching"})
 _IGNORED = frozenset({"accept", "charset"})
 _NO_WILDCARDS = frozenset({"DA", "TM", "DT", "UI", "IS", "DS", "US", "UL", "SS", "SL", "FL", "FD"})
 _LISTS = frozenset({"UI", "CS"})
-_DATE = re.compile(r"\d{8}")
-_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+# ASCII digits only (PS3.5 Table 6.2-1): \d and str.isdigit() also accept other digits.
+_DATE = re.compile(r"[0-9]{8}")
+_TIME = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
 
 
 class MatchKind(Enum):
@@ -216,7 +217,7 @@ def _check_value(attribute: SearchAttribute, value: str) -> None:
         problem = "a time HHMMSS[.FFFFFF] (HH and HHMM allowed)"
     elif vr == "UI" and not is_valid_uid(value):
         problem = "a UID (digits and dots, at most 64 characters, no leading zeros)"
-    elif vr in {"IS", "US", "UL", "SS", "SL"} and not re.fullmatch(r"[+-]?\d{1,12}", value.strip()):
+    elif vr in {"IS", "US", "UL", "SS", "SL"} and not re.fullmatch(r"[+-]?[0-9]{1,12}", value.strip()):
         problem = "an integer"
     elif len(value) > 64 * 4:
         problem = "at most 256 characters"
@@ -227,7 +228,7 @@ def _check_value(attribute: SearchAttribute, value: str) -> None:
 def _integer(value: str | None, name: str, *, default: int) -> int:
     if value is None or value == "":
         return default
-    if not value.isdigit() or len(value) > 9:
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise BadRequest(f"{name} must be a non-negative integer.")
     return int(value)
 

@@ -130,7 +130,7 @@ class RetrieveService:
             text = f"[{render(document, base_url)}]"
         elif uri.series is not None:
             series = series_item(uri.study, uri.series)
-            version = _series_version(series.instance_count, series.updated_at)
+            version = series.version
             if _etag_matches(request.if_none_match, version):
                 return _not_modified(version)
             text = self._series_document(uri.study, uri.series, version, base_url)
@@ -138,7 +138,7 @@ class RetrieveService:
             all_series = series_of(uri.study)
             if not all_series:
                 raise NotFound("No such study.")
-            versions = [_series_version(s.instance_count, s.updated_at) for s in all_series]
+            versions = [s.version for s in all_series]
             version = hashlib.sha256("|".join(versions).encode()).hexdigest()[:32]
             if _etag_matches(request.if_none_match, version):
                 return _not_modified(version)
@@ -285,11 +285,6 @@ class RetrieveService:
 # ---------------------------------------------------------------------- helpers
 def _actual(choice: media.Choice, item: InstanceItem) -> str:
     return item.transfer_syntax_uid if choice.transfer_syntax == media.AS_STORED else choice.transfer_syntax
-
-
-def _series_version(count: object, updated_at: object) -> str:
-    stamp = getattr(updated_at, "timestamp", lambda: 0.0)()
-    return f"{int(count)}-{int(stamp * 1_000_000)}"  # type: ignore[call-overload]
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

@@ -1,0 +1,73 @@
+"""Inference hook: SeriesStable (EventBridge rule → SQS → here) → models → SEG/SR in the study.
+
+See ``dicomweb_core.inference.pipeline``; models are chosen by ``INFERENCE_MODELS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from dicomweb_core import audit
+from dicomweb_core.config import settings
+from dicomweb_core.events import EventPublisher
+from dicomweb_core.index.writer import IndexWriter
+from dicomweb_core.inference.model import load_models
+from dicomweb_core.inference.pipeline import InferencePipeline
+from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
+from dicomweb_core.storage import ObjectReader, S3InstanceStore
+from dicomweb_core.stow import StowService
+
+SETTINGS = settings()
+EVENTS = EventPublisher(SETTINGS.event_bus_name, source=SETTINGS.event_source)
+PIPELINE = InferencePipeline(
+    models=load_models(os.environ.get("INFERENCE_MODELS", ""), os.environ),
+    reader=ObjectReader(SETTINGS.bucket_name),
+    stow=StowService(
+        settings=SETTINGS, store=S3InstanceStore(SETTINGS.bucket_name), index=IndexWriter(), events=EVENTS
+    ),
+    events=EVENTS,
+)
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@tracer.capture_method
+def handle(record: SQSRecord) -> None:
+    detail = json.loads(record.body)["detail"]
+    subject = audit.Subject(detail.get("studyInstanceUID"), detail.get("seriesInstanceUID"))
+    try:
+        outcomes = PIPELINE.process(detail)
+    except Exception as exc:
+        audit.emit(_audit_record(subject, audit.Outcome.SERIOUS_FAILURE, str(exc)[:200]))
+        raise
+    for outcome in outcomes:
+        audit.emit(_audit_record(subject, audit.Outcome.SUCCESS, f"{outcome.model}: {outcome.status}"))
+        logger.info("inference", extra={"model": outcome.model, "status": outcome.status})
+        metrics.add_metric(f"Inference_{outcome.status}", MetricUnit.Count, 1)
+
+
+def _audit_record(subject: audit.Subject, outcome: int, description: str) -> dict[str, Any]:
+    """A model read the series' instances (PS3.15 A.5.3.2 DICOM Instances Accessed)."""
+    return audit.record(
+        audit.AuditEvent.INSTANCES_ACCESSED,
+        action="E",
+        outcome=outcome,
+        requestor=audit.SYSTEM,
+        objects=subject.participants(),
+        description=f"inference: {description}",
+    )
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    response = process_partial_response(
+        event=event, record_handler=handle, processor=processor, context=context
+    )
+    return dict(response)

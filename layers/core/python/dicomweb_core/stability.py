@@ -1,0 +1,179 @@
+"""Series and study stability: ``SeriesStable`` / ``StudyStable`` without a polling scheduler.
+
+DICOM has no "end of series" message, so an archive decides a series is complete when no
+instance has arrived for a while (Orthanc's *StableAge*). Here every ``InstanceStored``
+event goes to a queue whose delivery delay is the stable age; when a message comes out,
+the series is read from the index:
+
+- already announced at its current content version → nothing to do (duplicates, replays);
+- changed after this message's event (a later instance arrived) → nothing to do: the later
+  instance's own message will decide;
+- quiet for less than the stable age (a message delivered early) → check again later
+  (the message is sent back with the remaining delay);
+- otherwise it is stable: the version is recorded on the series item with a condition that
+  the series has not changed since it was read and that this version was not announced
+  yet, and only the writer that wins that condition publishes ``SeriesStable``. A series
+  that changes later (late arrivals) gets a new version and is announced again.
+
+A study is stable when each of its series is announced at its current version and the
+study has been quiet for the stable age; ``StudyStable`` is recorded and published the
+same way, at most once per study version.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pynamodb.exceptions import UpdateError
+
+from dicomweb_core.events import SERIES_STABLE, STUDY_STABLE, EventPublisher
+from dicomweb_core.index import keys
+from dicomweb_core.index.models import SeriesItem, StudyItem
+from dicomweb_core.index.reader import series_of
+from dicomweb_core.observability import logger
+from dicomweb_core.uid import validate_uid
+
+# EventBridge stamps events with a whole-second time: an instance stored within the same
+# second as the message's own counts as "not later" (both messages then race on the
+# conditional write, which keeps the announcement single).
+_EVENT_TIME_RESOLUTION = timedelta(seconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one delayed ``InstanceStored`` message led to."""
+
+    outcome: str  # "stable", "announced", "superseded", "not-yet", "unknown-series"
+    retry_after: int = 0  # seconds, when outcome is "not-yet"
+    published: tuple[str, ...] = ()
+
+
+class StabilityService:
+    def __init__(
+        self,
+        *,
+        stable_age: timedelta,
+        events: EventPublisher,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.stable_age = stable_age
+        self.events = events
+        self.clock = clock
+
+    def observe(self, event: Mapping[str, Any]) -> Observation:
+        """Handle one ``InstanceStored`` EventBridge event that has waited the stable age."""
+        detail = event["detail"]
+        study = validate_uid(detail["studyInstanceUID"], name="StudyInstanceUID")
+        series_uid = validate_uid(detail["seriesInstanceUID"], name="SeriesInstanceUID")
+        event_time = _parse_time(event.get("time"))
+        try:
+            series = SeriesItem.get(*SeriesItem.key(study, series_uid), consistent_read=True)
+        except SeriesItem.DoesNotExist:
+            return Observation("unknown-series")  # deleted since; nothing to announce
+        if series.stable_version == series.version:
+            return Observation("announced")
+        changed_at = series.updated_at or datetime.min.replace(tzinfo=UTC)
+        if event_time is not None and changed_at > event_time + _EVENT_TIME_RESOLUTION:
+            return Observation("superseded")
+        quiet = self.clock() - changed_at
+        if quiet < self.stable_age:
+            remaining = self.stable_age - quiet
+            return Observation("not-yet", retry_after=max(1, int(remaining.total_seconds() + 0.999)))
+        if not self._record(series, SeriesItem.stable_version, SeriesItem.updated_at):
+            return Observation("announced")
+        published = [SERIES_STABLE]
+        self._publish(SERIES_STABLE, _series_detail(series, detail), undo=(series, SeriesItem))
+        if self._announce_study(study):
+            published.append(STUDY_STABLE)
+        return Observation("stable", published=tuple(published))
+
+    # ------------------------------------------------------------------ study
+    def _announce_study(self, study_uid: str) -> bool:
+        try:
+            study = StudyItem.get(*StudyItem.key(study_uid), consistent_read=True)
+        except StudyItem.DoesNotExist:
+            return False
+        if study.stable_version == study.version:
+            return False
+        changed_at = study.updated_at or datetime.min.replace(tzinfo=UTC)
+        if self.clock() - changed_at < self.stable_age:
+            return False
+        all_series = series_of(study_uid)
+        if not all_series or any(s.stable_version != s.version for s in all_series):
+            return False  # the last series to become stable announces the study
+        if not self._record(study, StudyItem.stable_version, StudyItem.updated_at):
+            return False
+        self._publish(STUDY_STABLE, _study_detail(study, all_series), undo=(study, StudyItem))
+        return True
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _record(item: SeriesItem | StudyItem, stable: Any, updated: Any) -> bool:
+        """Record ``item.version`` as announced, if nothing changed since it was read."""
+        version = item.version
+        unchanged = updated == item.updated_at if item.updated_at is not None else updated.does_not_exist()
+        not_announced = stable.does_not_exist() | (stable != version)
+        try:
+            item.update(actions=[stable.set(version)], condition=unchanged & not_announced)
+        except UpdateError as exc:
+            if _condition_failed(exc):
+                return False
+            raise
+        return True
+
+    def _publish(self, detail_type: str, detail: dict[str, Any], *, undo: tuple[Any, Any]) -> None:
+        """Publish; on failure withdraw the record so the retried message announces again."""
+        try:
+            self.events.publish(detail_type, [detail])
+        except Exception:
+            item, model = undo
+            try:
+                item.update(
+                    actions=[model.stable_version.remove()],
+                    condition=model.stable_version == item.version,
+                )
+            except UpdateError:
+                logger.exception("could not withdraw a stability record", extra={"type": detail_type})
+            raise
+        logger.info(detail_type, extra={k: v for k, v in detail.items() if k.endswith("UID")})
+
+
+def _series_detail(series: SeriesItem, trigger: Mapping[str, Any]) -> dict[str, Any]:
+    attributes = json.loads(series.dicom_json)
+    return {
+        "studyInstanceUID": series.study_uid,
+        "seriesInstanceUID": series.series_uid,
+        "seriesVersion": series.version,
+        "modality": series.modality or trigger.get("modality") or "",
+        "sopClassUID": trigger.get("sopClassUID") or "",
+        "bodyPartExamined": keys.first_value(attributes, keys.BODY_PART_EXAMINED) or "",
+        "numberOfSeriesRelatedInstances": int(series.instance_count),
+    }
+
+
+def _study_detail(study: StudyItem, all_series: list[SeriesItem]) -> dict[str, Any]:
+    return {
+        "studyInstanceUID": study.study_uid,
+        "studyVersion": study.version,
+        "modalitiesInStudy": sorted(study.modalities or ()),
+        "numberOfStudyRelatedSeries": len(all_series),
+        "numberOfStudyRelatedInstances": int(study.instance_count),
+    }
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _condition_failed(exc: UpdateError) -> bool:
+    return getattr(exc, "cause_response_code", "") == "ConditionalCheckFailedException"
