@@ -288,11 +288,19 @@ class TokenIssuer:
 class AuthorizationFailure(Exception):
     """A refused request, carrying the response API Gateway would send."""
 
-    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        identified: AuthorizedRequest | None = None,
+    ) -> None:
         super().__init__(f"{status} {body.get('message', '')}")
         self.status = status
         self.body = body
         self.headers = headers
+        self.identified = identified  # a valid token that lacks the route's scope (403)
 
     def response(self) -> dict[str, Any]:
         """The refusal as a payload-v2 style response (statusCode, headers, body)."""
@@ -430,9 +438,12 @@ class JwtAuthorizer:
         except _InvalidTokenError as exc:
             raise _unauthorized(required_scopes, exc.description) from None
         scopes = _token_scopes(claims)
+        authorized = AuthorizedRequest(claims=MappingProxyType(claims), scopes=scopes)
         if required_scopes and not set(required_scopes) & set(scopes):
-            raise _forbidden(required_scopes)
-        return AuthorizedRequest(claims=MappingProxyType(claims), scopes=scopes)
+            failure = _forbidden(required_scopes)
+            failure.identified = authorized
+            raise failure
+        return authorized
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
         """Decode the token and check its algorithm, key id and signature."""

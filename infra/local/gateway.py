@@ -205,7 +205,15 @@ class Gateway:
                 authorized = self.authorizer.authorize(headers.get("authorization"), route.scopes)
             except AuthorizationFailure as failure:
                 refused = self._event(
-                    route, path, split.query, path_parameters, headers, b"", None, source_ip, host
+                    route,
+                    path,
+                    split.query,
+                    path_parameters,
+                    headers,
+                    b"",
+                    failure.identified,
+                    source_ip,
+                    host,
                 )
                 return GatewayResponse(
                     failure.status,
