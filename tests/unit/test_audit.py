@@ -45,7 +45,7 @@ def test_every_template_route_maps_to_a_dicom_audit_event(route: Any) -> None:
     ],
 )
 def test_classification_follows_the_dicom_event_ids(route_key: str, code: str, action: str) -> None:
-    event, found_action, _ = audit.classify(route_key.split(" ")[0], route_key, 200)
+    event, found_action, _ = audit.classify(route_key.split(" ", maxsplit=1)[0], route_key, 200)
     assert (event.value[0], found_action) == (code, action)
 
 
@@ -138,7 +138,7 @@ def test_a_broken_sink_does_not_fail_the_request(monkeypatch: pytest.MonkeyPatch
         def write(self, message: Any) -> None:
             raise OSError("disk full")
 
-    monkeypatch.setattr(audit, "sink", lambda: Broken())
+    monkeypatch.setattr(audit, "sink", Broken)
     audit.emit({"EventIdentification": {}})  # logged, not raised
 
 
@@ -162,7 +162,7 @@ def test_the_template_sends_audit_records_and_api_access_logs_to_one_retained_gr
     access = template.http_api()["AccessLogSettings"]
     assert access["DestinationArn"] == {"Fn::GetAtt": ["AuditLogGroup", "Arn"]}
     assert "$context.authorizer.error" in access["Format"]
-    for name, spec in template.functions().items():
+    for name in template.functions():
         policies = template.resources[name]["Properties"].get("Policies", [])
         emits = name not in {"StabilityFunction", "GroupScopesFunction"}
         assert ({"Ref": "AuditWritePolicy"} in policies) is emits, name
