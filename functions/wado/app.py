@@ -12,7 +12,7 @@ from dicomweb_core import audit, http, stores
 from dicomweb_core.config import settings
 from dicomweb_core.errors import DicomWebError
 from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
-from dicomweb_core.storage import ObjectReader, S3InstanceStore
+from dicomweb_core.storage import ObjectReader
 from dicomweb_core.uri import DicomWebURI
 from dicomweb_core.wado.service import Request, RetrieveService
 
@@ -23,9 +23,7 @@ app.exception_handler(Exception)(http.unexpected_error_response)
 SETTINGS = settings()
 ROOTS = stores.roots(SETTINGS)
 SERVICES = {
-    prefix: RetrieveService(
-        settings=SETTINGS, reader=ObjectReader(root.bucket_name), cache=S3InstanceStore(root.bucket_name)
-    )
+    prefix: RetrieveService(settings=SETTINGS, reader=ObjectReader(root.bucket_name))
     for prefix, root in ROOTS.items()
 }
 

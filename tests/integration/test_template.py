@@ -6,6 +6,7 @@ route, bucket or table is checked without touching this file.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -277,3 +278,89 @@ def test_function_policies_scope_write_actions_to_resources(name: str) -> None:
             writes.append(f"NotAction {statement['NotAction']}")
         assert resources, f"{name}: statement without resources: {statement}"
         assert not (writes and "*" in resources), f"{name}: {writes} allowed on Resource '*'"
+
+
+def _statements(function: str) -> list[Mapping[str, Any]]:
+    """Every IAM statement a function gets: inline ones and the stack's managed policies it references."""
+    found: list[Mapping[str, Any]] = []
+    for policy in _as_list(TEMPLATE.resources[function]["Properties"].get("Policies", [])):
+        for branch in _branches(policy):
+            if isinstance(branch, Mapping) and "Ref" in branch:
+                referenced = TEMPLATE.resources.get(branch["Ref"])
+                if referenced is not None and referenced["Type"] == "AWS::IAM::ManagedPolicy":
+                    found.extend(_as_list(referenced["Properties"]["PolicyDocument"]["Statement"]))
+            elif isinstance(branch, Mapping) and "Statement" in branch:
+                found.extend(s for item in _as_list(branch["Statement"]) for s in _branches(item))
+    return [s for s in found if isinstance(s, Mapping) and s.get("Effect") == "Allow"]
+
+
+def _actions(function: str, service: str) -> set[str]:
+    return {
+        action
+        for statement in _statements(function)
+        for action in _as_list(statement.get("Action", []))
+        if action.startswith(f"{service}:")
+    }
+
+
+def test_the_query_function_cannot_read_objects() -> None:
+    assert _actions("QidoFunction", "s3") == set()
+    assert "dynamodb:Query" in _actions("QidoFunction", "dynamodb")  # the statements were read
+
+
+def test_the_retrieve_function_cannot_write_or_delete_anything_but_audit_records() -> None:
+    writes = {
+        a
+        for service in ("s3", "dynamodb", "sqs", "events")
+        for a in _actions("WadoFunction", service)
+        if _is_write(a)
+    }
+    assert writes == set()
+    assert "s3:GetObject" in _actions("WadoFunction", "s3")  # the statements were read
+    assert {a for a in _actions("WadoFunction", "logs") if _is_write(a)} == {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+    }
+
+
+def test_only_the_de_identification_function_writes_to_the_research_store() -> None:
+    research = ("DeidBucket", "DeidTable")
+    for function in TEMPLATE.functions():
+        for statement in _statements(function):
+            if not any(_is_write(a) for a in _as_list(statement.get("Action", []))):
+                continue
+            text = json.dumps(statement.get("Resource"))
+            if any(name in text for name in research):
+                assert function == "DeidentifyFunction", f"{function} may write to the research store"
+
+
+def test_the_audit_policy_only_appends_to_the_audit_group() -> None:
+    (statement,) = TEMPLATE.resources["AuditWritePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]
+    assert "AuditLogGroup.Arn" in json.dumps(statement["Resource"])
+
+
+def test_hooks_are_bounded_and_dead_lettered_with_alarms() -> None:
+    for source in TEMPLATE.queue_sources():
+        props = TEMPLATE.resources[source.function]["Properties"]
+        (event,) = [e for e in props["Events"].values() if e["Type"] == "SQS"]
+        assert event["Properties"]["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "HookMaximumConcurrency"}
+        queue = event["Properties"]["Queue"]["Fn::GetAtt"][0]
+        dlq = TEMPLATE.resources[queue]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        alarms = [
+            a
+            for a in TEMPLATE.resources_of_type("AWS::CloudWatch::Alarm").values()
+            if dlq in json.dumps(a["Properties"].get("Dimensions", []))
+        ]
+        assert alarms, f"{queue}: its dead-letter queue {dlq} has no alarm"
+        assert alarms[0]["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    assert "5xx" in json.dumps(TEMPLATE.resources["Api5xxAlarm"]["Properties"]["Metrics"])
+
+
+def test_user_pool_mfa_and_threat_protection_are_parameters() -> None:
+    pool = TEMPLATE.resources["UserPool"]["Properties"]
+    assert pool["MfaConfiguration"] == {"Ref": "MfaConfiguration"}
+    assert set(TEMPLATE.parameters["MfaConfiguration"]["AllowedValues"]) == {"OFF", "OPTIONAL", "ON"}
+    assert pool["UserPoolAddOns"]["Fn::If"][0] == "IsPlusTier"
+    assert pool["LambdaConfig"]["PreTokenGenerationConfig"]["LambdaVersion"] == "V2_0"
+    assert pool["Policies"]["PasswordPolicy"]["MinimumLength"] >= 12

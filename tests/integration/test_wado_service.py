@@ -43,12 +43,13 @@ from dicomweb_core.config import DuplicatePolicy, Limits, Settings
 from dicomweb_core.errors import PayloadTooLarge
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.failures import InstanceRejected
-from dicomweb_core.index.models import InstanceItem, bind_table
+from dicomweb_core.index.models import InstanceItem, SeriesItem, bind_table
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.instance import ReceivedInstance, read_instance
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow import StowService
 from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.wado.series_metadata import SeriesMetadataBuilder
 from dicomweb_core.wado.service import Request, RetrieveService
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import provision
@@ -250,10 +251,14 @@ class World:
         """A RetrieveService with a fresh counting reader."""
         reader = ObjectReader(self.settings.bucket_name, client=self.s3)
         return (
-            RetrieveService(
-                settings=self.settings, reader=reader, cache=S3InstanceStore(self.settings.bucket_name)
-            ),
+            RetrieveService(settings=self.settings, reader=reader),
             reader,
+        )
+
+    def builder(self) -> SeriesMetadataBuilder:
+        """The metadata hook's builder, as SeriesMetadataFunction runs it on SeriesStable."""
+        return SeriesMetadataBuilder(
+            ObjectReader(self.settings.bucket_name), S3InstanceStore(self.settings.bucket_name)
         )
 
     def store(self, *payloads: bytes) -> None:
@@ -878,38 +883,43 @@ def test_series_and_study_metadata_revalidate_with_304(world: World) -> None:
         assert world.get(path, {"If-None-Match": etag}).status == 304, path
 
 
-def test_series_metadata_is_cached_and_changes_with_a_new_instance(
+def test_series_metadata_is_prebuilt_by_the_hook_and_changes_with_a_new_instance(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a series of two instances whose metadata has been read once
+    # Given a series of two instances, read before any document was built
     study, series = new_uid(), new_uid()
     world.store(*(to_part10(make_dataset(study=study, series=series, InstanceNumber=n)) for n in (1, 2)))
     path = f"/studies/{study}/series/{series}/metadata"
-    first = world.get(path)
-    assert first.status == 200
     counter = CallCounter()
     counter.install(monkeypatch)
-    # When it is read again
+    assembled = world.get(path)
+    assert assembled.status == 200
+    # Then the retrieve function assembled it from the instance documents and wrote nothing
+    assert counter.of("s3").count("GetObject") == 2
+    assert "PutObject" not in counter.of("s3")
+    # When the series becomes stable and the metadata hook builds its document
+    assert (
+        world.builder().build(study, series, SeriesItem.get(*SeriesItem.key(study, series)).version)
+        == "built"
+    )
+    counter.reset()
     second = world.get(path)
-    # Then it costs one index GetItem and one S3 GetObject, and is the same document
+    # Then a read costs one index GetItem and one S3 GetObject, and is the same document
     assert counter.of("dynamodb") == ["GetItem"]
     assert counter.of("s3") == ["GetObject"]
-    assert second.body == first.body
-    assert second.headers["ETag"] == first.headers["ETag"]
+    assert second.body == assembled.body
+    assert second.headers["ETag"] == assembled.headers["ETag"]
     # When a third instance joins the series
     third = make_dataset(study=study, series=series, InstanceNumber=3)
     world.store(to_part10(third))
-    counter.reset()
     changed = world.get(path)
-    # Then the ETag and the document change, the old ETag no longer revalidates
-    assert changed.headers["ETag"] != first.headers["ETag"]
+    # Then the ETag and the document change at once (assembled again), the old ETag no longer revalidates
+    assert changed.headers["ETag"] != assembled.headers["ETag"]
     assert len(changed.json()) == 3
     assert third.SOPInstanceUID in {d["00080018"]["Value"][0] for d in changed.json()}
-    assert world.get(path, {"If-None-Match": first.headers["ETag"]}).status == 200
-    # And the rebuilt document is cached again: two reads on the next request
-    counter.reset()
-    assert world.get(path).body == changed.body
-    assert len(counter.of("dynamodb")) + len(counter.of("s3")) == 2
+    assert world.get(path, {"If-None-Match": assembled.headers["ETag"]}).status == 200
+    # And a stale SeriesStable (the old version) builds nothing
+    assert world.builder().build(study, series, second.headers["ETag"].strip('"')) == "changed"
 
 
 def test_study_metadata_changes_with_a_new_series(world: World) -> None:

@@ -135,6 +135,7 @@ class SeriesItem(IndexItem, discriminator="series"):
     sort_key = UnicodeAttribute(null=True)
     instance_count = NumberAttribute(default=0)  # NumberOfSeriesRelatedInstances
     stable_version = UnicodeAttribute(null=True)  # the version last announced as SeriesStable
+    metadata_version = UnicodeAttribute(null=True)  # the version whose metadata document is pre-built
 
     @staticmethod
     def key(study: str, series: str) -> tuple[str, str]:

@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -28,15 +27,16 @@ from dicomweb_core.config import Settings
 from dicomweb_core.dicom_xml import to_xml
 from dicomweb_core.errors import BadRequest, NotFound, PayloadTooLarge
 from dicomweb_core.frames import FrameIndex
-from dicomweb_core.index.models import InstanceItem
+from dicomweb_core.index.models import InstanceItem, SeriesItem
 from dicomweb_core.index.reader import instances_of, series_item, series_of
 from dicomweb_core.mediatype import MediaType
 from dicomweb_core.metadata import render
 from dicomweb_core.multipart import encode_multipart, multipart_content_type
 from dicomweb_core.negotiation import negotiate
-from dicomweb_core.storage import InstanceStore, ObjectReader, metadata_key, series_metadata_key
+from dicomweb_core.observability import MetricUnit, metrics
+from dicomweb_core.storage import ObjectReader, metadata_key
 from dicomweb_core.uri import DicomWebURI
-from dicomweb_core.wado import codecs, media
+from dicomweb_core.wado import codecs, media, series_metadata
 
 RESPONSE_LIMIT = 4_400_000  # raw bytes: base64 in the Lambda response must stay under 6 MB
 REDIRECT_SECONDS = 300
@@ -61,10 +61,9 @@ class Request:
 
 
 class RetrieveService:
-    def __init__(self, *, settings: Settings, reader: ObjectReader, cache: InstanceStore) -> None:
+    def __init__(self, *, settings: Settings, reader: ObjectReader) -> None:
         self.settings = settings
         self.reader = reader
-        self.cache = cache
 
     # ------------------------------------------------------------------ instances
     def instances(self, request: Request) -> Response[bytes]:
@@ -133,7 +132,7 @@ class RetrieveService:
             version = series.version
             if _etag_matches(request.if_none_match, version):
                 return _not_modified(version)
-            text = self._series_document(uri.study, uri.series, version, base_url)
+            text = self._series_document(series, base_url)
         else:
             all_series = series_of(uri.study)
             if not all_series:
@@ -142,10 +141,7 @@ class RetrieveService:
             version = hashlib.sha256("|".join(versions).encode()).hexdigest()[:32]
             if _etag_matches(request.if_none_match, version):
                 return _not_modified(version)
-            documents = [
-                self._series_document(uri.study, s.series_uid, v, base_url)
-                for s, v in zip(all_series, versions, strict=True)
-            ]
+            documents = [self._series_document(s, base_url) for s in all_series]
             text = "[" + ",".join(d[1:-1] for d in documents if d != "[]") + "]"
         if chosen.type == "multipart/related":
             parts = [({"Content-Type": media.DICOM_XML}, to_xml(d)) for d in json.loads(text)]
@@ -157,31 +153,15 @@ class RetrieveService:
             text.encode(), media.DICOM_JSON, cache=REVALIDATE, etag=version, gzip_ok=request.accepts_gzip
         )
 
-    def _series_document(self, study: str, series: str, version: str, base_url: str) -> str:
-        """The series' metadata array: the cached document of this version, else built and cached.
-
-        Cached: one index read (the series item, for its version) and one S3 read. The
-        document is rebuilt from the per-instance documents, never modified in place, and
-        stored under a key naming its version, so concurrent builders write identical
-        objects and a reader never sees a half-updated one.
-        """
-        base_tag = hashlib.sha256(base_url.encode()).hexdigest()[:12]
-        key = series_metadata_key(study, series, f"{version}-{base_tag}")
-        try:
-            return gzip.decompress(self.reader.read(key)).decode()
-        except KeyError:
-            pass
-        items = instances_of(DicomWebURI(base_url, study=study, series=series))
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            documents = list(
-                pool.map(
-                    lambda i: self.reader.read(metadata_key(i.study_uid, i.series_uid, i.sop_uid)).decode(),
-                    items,
-                )
-            )
-        text = render("[" + ",".join(documents) + "]", base_url)
-        self.cache.put_document(key, gzip.compress(text.encode(), 6), content_type=media.DICOM_JSON)
-        return text
+    def _series_document(self, series: SeriesItem, base_url: str) -> str:
+        """The series' metadata array: the pre-built document of this version when the
+        metadata hook has written it (one storage read), else assembled from the
+        per-instance documents (see ``series_metadata``). Nothing is written here."""
+        text = series_metadata.cached(self.reader, series)
+        if text is None:
+            metrics.add_metric("SeriesMetadataAssembled", MetricUnit.Count, 1)
+            text = series_metadata.assemble(self.reader, series.study_uid, series.series_uid)
+        return render(text, base_url)
 
     # ------------------------------------------------------------------ frames
     def frames(self, request: Request) -> Response[bytes]:
