@@ -12,7 +12,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from dicomweb_core import audit, http
+from dicomweb_core import access, audit, http
 from dicomweb_core.config import settings
 from dicomweb_core.deid.requests import enqueue, study_requests
 from dicomweb_core.errors import DicomWebError
@@ -45,5 +45,6 @@ def deidentify_study(study: str) -> Response[str]:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 @audit.audited
+@access.enforced
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from dicomweb_core import audit, http
+from dicomweb_core import access, audit, http
 from dicomweb_core.config import settings
 from dicomweb_core.errors import DicomWebError
 from dicomweb_core.events import EventPublisher
@@ -58,5 +58,6 @@ def store_instances(study: str | None = None) -> Response[str]:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 @audit.audited
+@access.enforced
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from dicomweb_core import audit, http, stores
+from dicomweb_core import access, audit, http, stores
 from dicomweb_core.config import settings
 from dicomweb_core.errors import DicomWebError
 from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
@@ -94,5 +94,6 @@ def _measured(service: RetrieveService, response: Response[bytes]) -> Response[b
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 @audit.audited
+@access.enforced
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

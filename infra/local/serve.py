@@ -202,6 +202,8 @@ class LocalStack:
                 "POWERTOOLS_METRICS_DISABLED": "true",
                 "POWERTOOLS_DEV": os.environ.get("POWERTOOLS_DEV", "false"),
                 "AUDIT_FILE": str(self.audit_path),
+                # Without the authorizer there are no tokens for the functions to check.
+                "REQUIRE_SCOPES": "true" if self.options.auth else "false",
             }
             configs[name] = FunctionConfig(
                 name=name,
