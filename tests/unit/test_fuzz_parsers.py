@@ -626,9 +626,12 @@ def raw_element(draw: st.DrawFn) -> bytes:
 def mutated_part10(draw: st.DrawFn) -> bytes:
     """A valid instance with a few byte-level mutations: flips, cuts, lengths, splices."""
     data = bytearray(draw(st.sampled_from(BASES)))
+    meta_end = 144 + struct.unpack_from("<I", data, 140)[0]  # after the (0002,0000) group length
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
         size = len(data)
-        pos = draw(st.integers(min_value=128, max_value=max(128, size)))
+        # Mostly in the data set, sometimes in the File Meta (never 'DICM': test_instance.py has those)
+        start = 132 if draw(st.integers(0, 4)) == 0 else meta_end
+        pos = start + size * draw(st.integers(min_value=0, max_value=1000)) // 1000 % max(1, size - start + 1)
         kind = draw(st.sampled_from(["flip", "cut", "length16", "length32", "insert", "repeat", "delete"]))
         if kind == "flip" and pos < size:
             data[pos] = draw(st.integers(0, 255))
