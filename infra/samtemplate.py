@@ -180,6 +180,32 @@ class Template:
         return routes
 
 
+@dataclass(frozen=True)
+class ObjectRoute:
+    """A CloudFront cache behavior that serves a bucket's objects by presigned URL."""
+
+    path_pattern: str  # CloudFront form: * matches any characters, / included
+    bucket: str  # logical id
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile("^" + re.escape(self.path_pattern).replace(r"\*", ".*") + "$")
+
+
+def object_routes(template: Template) -> list[ObjectRoute]:
+    """The distribution's behaviors whose origin is one of the template's buckets."""
+    routes = []
+    for distribution in template.resources_of_type("AWS::CloudFront::Distribution").values():
+        config = distribution["Properties"]["DistributionConfig"]
+        origins = {origin["Id"]: origin for origin in config["Origins"]}
+        for behavior in config.get("CacheBehaviors", []):
+            origin = origins[behavior["TargetOriginId"]]
+            if "S3OriginConfig" in origin:
+                bucket = origin["DomainName"]["Fn::GetAtt"][0]
+                routes.append(ObjectRoute(behavior["PathPattern"], bucket))
+    return routes
+
+
 @cache
 def load_template(path: Path = TEMPLATE_PATH) -> Template:
     with open(path, encoding="utf-8") as fh:

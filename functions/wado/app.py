@@ -23,7 +23,9 @@ app.exception_handler(Exception)(http.unexpected_error_response)
 SETTINGS = settings()
 ROOTS = stores.roots(SETTINGS)
 SERVICES = {
-    prefix: RetrieveService(settings=SETTINGS, reader=ObjectReader(root.bucket_name))
+    prefix: RetrieveService(
+        settings=SETTINGS, reader=ObjectReader(root.bucket_name), public_objects=prefix == ""
+    )
     for prefix, root in ROOTS.items()
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 import uuid
@@ -22,6 +23,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+import requests
 
 from dicomweb_core import audit
 from infra.local.auth import AuthorizationFailure, AuthorizedRequest, JwtAuthorizer
@@ -146,6 +149,7 @@ class Gateway:
         api_id: str = "local",
         on_invoke: Callable[[str, str], None] | None = None,
         audit_sink: audit.AuditSink | None = None,
+        objects: ObjectProxy | None = None,
     ) -> None:
         self.routes = list(routes)
         self.functions = functions
@@ -154,6 +158,7 @@ class Gateway:
         self.api_id = api_id
         self.on_invoke = on_invoke
         self.audit_sink = audit_sink
+        self.objects = objects
         self.activity = Activity()
 
     def handle(
@@ -182,6 +187,10 @@ class Gateway:
         """The response, and the request's event when no function recorded it in the audit trail."""
         split = urlsplit(target)
         path = split.path or "/"
+        if self.objects is not None and method in {"GET", "HEAD"}:
+            served = self.objects.serve(method, path, split.query)
+            if served is not None:
+                return served, None
         if method == "OPTIONS" and "access-control-request-method" in headers:
             preflight = self.cors.preflight_headers(
                 headers.get("origin"),
@@ -316,6 +325,44 @@ class Gateway:
             print(f"[{function}] response exceeds the 6 MB Lambda payload limit", flush=True)
             return GatewayResponse.message(HTTPStatus.BAD_GATEWAY, "Internal Server Error")
         return _http_response(result)
+
+
+class ObjectProxy:
+    """CloudFront's bucket behaviors, locally: presigned object paths on the API's own host.
+
+    As deployed, ``/studies/*.dcm`` and ``/bundles/*`` (the template's distribution) go to
+    the bucket with only the query string; S3 checks the presigned signature and its
+    expiry. Locally the object comes from moto; the expiry is checked here (moto does not
+    check signatures), so an expired link fails as it would in the cloud."""
+
+    def __init__(self, routes: Sequence[tuple[re.Pattern[str], str]], endpoint_url: str) -> None:
+        self.routes = list(routes)  # (path pattern, bucket name)
+        self.endpoint_url = endpoint_url.rstrip("/")
+
+    def serve(self, method: str, path: str, query: str) -> GatewayResponse | None:
+        bucket = next((name for pattern, name in self.routes if pattern.match(path)), None)
+        if bucket is None:
+            return None
+        parameters = dict(parse_qsl(query))
+        if "X-Amz-Signature" not in parameters:
+            return _s3_error(HTTPStatus.FORBIDDEN, "AccessDenied", "Query-string authentication required")
+        signed = datetime.strptime(parameters.get("X-Amz-Date", "19700101T000000Z"), "%Y%m%dT%H%M%SZ")
+        expires = int(parameters.get("X-Amz-Expires", "0"))
+        if (datetime.now(UTC) - signed.replace(tzinfo=UTC)).total_seconds() > expires:
+            return _s3_error(HTTPStatus.FORBIDDEN, "AccessDenied", "Request has expired")
+        answer = requests.request(method, f"{self.endpoint_url}/{bucket}{path}?{query}", timeout=300)
+        headers = {
+            name.lower(): value
+            for name, value in answer.headers.items()
+            if name.lower() in {"content-type", "content-length", "etag", "last-modified"}
+        }
+        return GatewayResponse(answer.status_code, headers, answer.content)
+
+
+def _s3_error(status: HTTPStatus, code: str, message: str) -> GatewayResponse:
+    body = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message>"
+    body += "</Error>"
+    return GatewayResponse(int(status), {"content-type": "application/xml"}, body.encode())
 
 
 def _http_response(result: Any) -> GatewayResponse:

@@ -35,13 +35,13 @@ from infra.local.auth import (
     issue_role_tokens,
     write_tokens_file,
 )
-from infra.local.gateway import CorsPolicy, Gateway, make_server
+from infra.local.gateway import CorsPolicy, Gateway, ObjectProxy, make_server
 from infra.local.loader import load_folder
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import ACCOUNT_ID, provision
 from infra.local.queues import QueuePoller
 from infra.local.workers import FunctionConfig, FunctionPool
-from infra.samtemplate import Template, load_template
+from infra.samtemplate import Template, load_template, object_routes
 
 REGION = "us-east-1"
 EVENT_LOG_QUEUE = "local-event-log"
@@ -162,6 +162,13 @@ class LocalStack:
             ),
             on_invoke=lambda function, took: self._dirty.set(),
             audit_sink=FileSink(self.audit_path),
+            objects=ObjectProxy(
+                [
+                    (route.pattern, self.stack.physical_ids[route.bucket])
+                    for route in object_routes(self.template)
+                ],
+                self.moto_url,
+            ),
         )
         self.server = make_server(self.gateway, self.options.host, self.options.port)
         self._threads = [

@@ -16,9 +16,12 @@ class DicomWebError(Exception):
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
     default_message = "The server could not process the request."
 
-    def __init__(self, message: str | None = None, *, failure_reason: int | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, *, failure_reason: int | None = None, retry_after: int | None = None
+    ) -> None:
         self.message = message or self.default_message
         self.failure_reason = failure_reason
+        self.retry_after = retry_after  # seconds, sent as Retry-After when the condition is temporary
         super().__init__(self.message)
 
 

@@ -5,19 +5,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from dicomweb_core.errors import BadRequest, DicomWebError
+from dicomweb_core.errors import BadRequest, DicomWebError, NotFound
 from dicomweb_core.observability import logger
 
 DICOM_JSON = "application/dicom+json"
 PROBLEM_JSON = "application/json"
 SERVICE_NAME = "dicomweb"
+_HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?")
 
 
 def request_body(event: APIGatewayProxyEventV2) -> bytes:
@@ -33,9 +36,13 @@ def request_body(event: APIGatewayProxyEventV2) -> bytes:
 
 
 def base_url(event: APIGatewayProxyEventV2, configured: str) -> str:
-    """The public DICOMweb root: the configured one, else the API's own domain."""
+    """The public DICOMweb root: the configured one, else the host the client called
+    (CloudFront passes it as ``X-Forwarded-Host``), else the API's own domain."""
     if configured:
         return configured
+    forwarded = header(event, "x-forwarded-host")
+    if forwarded and _HOST_RE.fullmatch(forwarded):
+        return f"https://{forwarded}"
     domain = (event.get("requestContext") or {}).get("domainName") or "localhost"
     return f"https://{domain}"
 
@@ -72,9 +79,17 @@ def error_response(error: DicomWebError) -> Response[str]:
     body: dict[str, Any] = {"status": int(status), "error": status.phrase, "message": error.message}
     if error.failure_reason is not None:
         body["failureReason"] = error.failure_reason
-    return Response(status_code=int(status), content_type=PROBLEM_JSON, body=json.dumps(body))
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return Response(
+        status_code=int(status), content_type=PROBLEM_JSON, body=json.dumps(body), headers=headers
+    )
 
 
 def unexpected_error_response(error: Exception) -> Response[str]:
+    if isinstance(error, NotFoundError):
+        # Powertools' "no route matches the path" also reaches the handler registered for
+        # Exception (handlers are looked up along the MRO): a path no route serves (e.g. a
+        # segment API Gateway routes but Powertools does not match, such as '1.2"3') is a 404.
+        return error_response(NotFound("The path is not a DICOMweb resource (PS3.18 Table 10.3-2)."))
     logger.exception("unexpected error")
     return error_response(DicomWebError("An internal error occurred; it has been logged."))

@@ -361,7 +361,7 @@ def _choose_boundary(boundary: str | None, parts: list[tuple[bytes, memoryview]]
             raise ValueError(f"the boundary occurs in part {number}; choose another or let one be generated")
         return boundary
     while True:
-        candidate = f"dicomweb-{secrets.token_hex(16)}"
+        candidate = new_boundary()
         if _first_part_containing(parts, candidate) is None:
             return candidate
 
@@ -383,12 +383,33 @@ def encode_multipart(
     if not encoded:
         raise ValueError("a multipart body needs at least one part (RFC 2046 §5.1.1)")
     chosen = _choose_boundary(boundary, encoded)
-    dash = b"--" + chosen.encode("ascii")
     chunks: list[bytes | memoryview] = []
     for head, view in encoded:
-        chunks += (dash, b"\r\n", head, b"\r\n", view, b"\r\n")
-    chunks += (dash, b"--\r\n")
+        chunks += (_opening(chosen, head), view, b"\r\n")
+    chunks.append(closing_delimiter(chosen))
     return b"".join(chunks), chosen
+
+
+def part_opening(boundary: str, headers: Mapping[str, str], size: int, number: int) -> bytes:
+    """What precedes a part's body: its delimiter and header section (RFC 2046 §5.1.1).
+
+    For bodies written piece by piece (pre-built responses too large to hold): each part
+    is ``part_opening(...)``, the body, then ``b"\\r\\n"``; the whole ends with
+    :func:`closing_delimiter`. The caller's boundary must be one no body contains (a
+    random 128-bit one, as :func:`new_boundary` gives, when the bodies cannot be searched)."""
+    return _opening(boundary, _encode_headers(headers, size, number))
+
+
+def closing_delimiter(boundary: str) -> bytes:
+    return b"--" + boundary.encode("ascii") + b"--\r\n"
+
+
+def new_boundary() -> str:
+    return f"dicomweb-{secrets.token_hex(16)}"
+
+
+def _opening(boundary: str, head: bytes) -> bytes:
+    return b"--" + boundary.encode("ascii") + b"\r\n" + head + b"\r\n"
 
 
 def multipart_content_type(boundary: str, part_type: str, /, **params: str) -> str:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import boto3
+from botocore.config import Config
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -120,8 +123,37 @@ class ObjectReader:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if version_id:
             params["VersionId"] = version_id
-        url: str = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+        url: str = self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
         return url
+
+    def same_host_url(
+        self, key: str, *, version_id: str | None, public_base_url: str, expires_in: int = 300
+    ) -> str:
+        """A presigned GET of the object, on the API's own host: ``{public base}/{key}?{signature}``.
+
+        CloudFront in front of the API routes these paths (``/studies/*.dcm``,
+        ``/bundles/*``) to the bucket's regional endpoint, the host the URL is signed for,
+        forwarding the query string and no other header; S3 checks the signature and the
+        expiry. Clients that keep their Host header across redirects (dicomweb-client) can
+        follow it, unlike a redirect to the bucket's own host."""
+        signed = urlsplit(self.presigned_url(key, version_id=version_id, expires_in=expires_in))
+        path = signed.path
+        if not signed.netloc.startswith(f"{self.bucket}."):  # path-style (a local endpoint)
+            path = path.removeprefix(f"/{self.bucket}")
+        return f"{public_base_url.rstrip('/')}{path}?{signed.query}"
+
+    @cached_property
+    def _presigner(self) -> S3Client:
+        """Virtual-hosted, regional SigV4 URLs (the host CloudFront's S3 origin uses)."""
+        if self._client is not None or os.environ.get("AWS_ENDPOINT_URL"):
+            return self.client
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return boto3.client(
+            "s3",
+            region_name=region,
+            endpoint_url=f"https://s3.{region}.amazonaws.com",
+            config=Config(signature_version="s3v4", s3={"addressing_style": "virtual"}),
+        )
 
 
 def sha256_hex(data: bytes) -> str:

@@ -116,6 +116,7 @@ class StudyItem(IndexItem, discriminator="study"):
     series_count = NumberAttribute(default=0)  # NumberOfStudyRelatedSeries
     instance_count = NumberAttribute(default=0)  # NumberOfStudyRelatedInstances
     stable_version = UnicodeAttribute(null=True)  # the version last announced as StudyStable
+    bundle_version = UnicodeAttribute(null=True)  # the version whose large-retrieval bundles exist
 
     @staticmethod
     def key(study: str) -> tuple[str, str]:
@@ -136,6 +137,7 @@ class SeriesItem(IndexItem, discriminator="series"):
     instance_count = NumberAttribute(default=0)  # NumberOfSeriesRelatedInstances
     stable_version = UnicodeAttribute(null=True)  # the version last announced as SeriesStable
     metadata_version = UnicodeAttribute(null=True)  # the version whose metadata document is pre-built
+    bundle_version = UnicodeAttribute(null=True)  # the version whose large-retrieval bundles exist
 
     @staticmethod
     def key(study: str, series: str) -> tuple[str, str]:

@@ -6,7 +6,7 @@ import json
 
 from dicomweb_core.errors import NotFound
 from dicomweb_core.index import keys
-from dicomweb_core.index.models import IndexItem, InstanceItem, SeriesItem, study_pk
+from dicomweb_core.index.models import IndexItem, InstanceItem, SeriesItem, StudyItem, study_pk
 from dicomweb_core.uri import DicomWebURI
 
 
@@ -40,6 +40,13 @@ def series_item(study: str, series: str) -> SeriesItem:
         return SeriesItem.get(*SeriesItem.key(study, series), consistent_read=True)
     except SeriesItem.DoesNotExist:
         raise NotFound("No such series.") from None
+
+
+def study_item(study: str) -> StudyItem:
+    try:
+        return StudyItem.get(*StudyItem.key(study), consistent_read=True)
+    except StudyItem.DoesNotExist:
+        raise NotFound("No such study.") from None
 
 
 def instances_of(uri: DicomWebURI) -> list[InstanceItem]:

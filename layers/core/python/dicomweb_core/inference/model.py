@@ -80,9 +80,9 @@ class Measurement:
     derivation: Code | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModelResult:
-    """What a model found in one series.
+    """What a model found in one series (compared by identity: it holds an array).
 
     ``mask`` is a boolean array of shape (number of images, Rows, Columns) whose first axis
     follows the order of the datasets the model was given, or ``None`` when the model only
@@ -99,8 +99,8 @@ class ModelResult:
 @runtime_checkable
 class Model(Protocol):
     """A model plugin. ``name`` and ``version`` identify the algorithm in the results (PS3.3
-    Algorithm Identification Macro, C.8.20.2-1 / PS3.16 TID 4019) and in their UIDs, so a new
-    version must change ``version``.
+    §10.16 Algorithm Identification Macro; PS3.16 TID 4019) and in their UIDs, so a changed
+    model must change ``version``. Both should fit a LO value (64 characters).
     """
 
     @property

@@ -137,11 +137,10 @@ def build_results(
             series_description=_lo(f"{algorithm} segmentation"),
         )
         # highdicom draws this UID at random; derive it so re-runs are byte-identical.
-        segmentation.DimensionOrganizationSequence[0].DimensionOrganizationUID = uid("seg", "dimensions")
+        dimensions = uid("seg", "dimensions")
+        segmentation.DimensionOrganizationSequence[0].DimensionOrganizationUID = dimensions
         for index in segmentation.DimensionIndexSequence:
-            index.DimensionOrganizationUID = segmentation.DimensionOrganizationSequence[
-                0
-            ].DimensionOrganizationUID
+            index.DimensionOrganizationUID = dimensions
         _stamp(segmentation, when)
         outputs.append(segmentation)
     if result.measurements:

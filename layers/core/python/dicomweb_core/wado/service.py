@@ -27,8 +27,8 @@ from dicomweb_core.config import Settings
 from dicomweb_core.dicom_xml import to_xml
 from dicomweb_core.errors import BadRequest, NotFound, PayloadTooLarge
 from dicomweb_core.frames import FrameIndex
-from dicomweb_core.index.models import InstanceItem, SeriesItem
-from dicomweb_core.index.reader import instances_of, series_item, series_of
+from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
+from dicomweb_core.index.reader import instances_of, series_item, series_of, study_item
 from dicomweb_core.mediatype import MediaType
 from dicomweb_core.metadata import render
 from dicomweb_core.multipart import encode_multipart, multipart_content_type
@@ -36,9 +36,9 @@ from dicomweb_core.negotiation import negotiate
 from dicomweb_core.observability import MetricUnit, metrics
 from dicomweb_core.storage import ObjectReader, metadata_key
 from dicomweb_core.uri import DicomWebURI
-from dicomweb_core.wado import codecs, media, series_metadata
+from dicomweb_core.wado import bundles, codecs, media, series_metadata
+from dicomweb_core.wado.bundles import RESPONSE_LIMIT
 
-RESPONSE_LIMIT = 4_400_000  # raw bytes: base64 in the Lambda response must stay under 6 MB
 REDIRECT_SECONDS = 300
 METADATA_OFFERS = (
     MediaType(media.DICOM_JSON),
@@ -61,9 +61,11 @@ class Request:
 
 
 class RetrieveService:
-    def __init__(self, *, settings: Settings, reader: ObjectReader) -> None:
+    def __init__(self, *, settings: Settings, reader: ObjectReader, public_objects: bool = True) -> None:
         self.settings = settings
         self.reader = reader
+        # Whether the bucket's objects are reachable on the API's host (primary store only).
+        self.public_objects = public_objects
 
     # ------------------------------------------------------------------ instances
     def instances(self, request: Request) -> Response[bytes]:
@@ -79,7 +81,7 @@ class RetrieveService:
         )
         total = sum(int(i.size) for i in items)
         if total > RESPONSE_LIMIT:
-            return self._too_large_for_instances(items, choice)
+            return self._too_large_for_instances(request.uri, items, choice)
         bodies = [(i, self._instance_bytes(i, choice.transfer_syntax)) for i in items]
         if not choice.multipart:
             ((item, body),) = bodies
@@ -92,27 +94,51 @@ class RetrieveService:
         return _response(body, multipart_content_type(boundary, media.DICOM), cache=IMMUTABLE)
 
     def _too_large_for_instances(
-        self, items: Sequence[InstanceItem], choice: media.Choice
+        self, uri: DicomWebURI, items: Sequence[InstanceItem], choice: media.Choice
     ) -> Response[bytes]:
-        item = items[0]
-        if len(items) == 1 and choice.transfer_syntax in (media.AS_STORED, item.transfer_syntax_uid):
-            url = self.reader.presigned_url(
-                item.s3_key, version_id=item.s3_version_id, expires_in=REDIRECT_SECONDS
+        """A redirect to the resource's pre-built body on the API's own host (see ``bundles``)."""
+        total_mb = sum(int(i.size) for i in items) / 1e6
+        if not self.public_objects:
+            raise PayloadTooLarge(
+                f"The {len(items)} instance(s) total {total_mb:.1f} MB, more than one response can "
+                "carry, and the research store serves no pre-built responses; retrieve instances "
+                "one at a time, or ask for frames or metadata."
             )
-            return Response(status_code=int(HTTPStatus.SEE_OTHER), body=b"", headers={"Location": url})
+        if not choice.multipart:  # application/dicom: the stored object itself
+            (item,) = items
+            if choice.transfer_syntax not in (media.AS_STORED, item.transfer_syntax_uid):
+                raise PayloadTooLarge(
+                    f"The instance ({total_mb:.1f} MB) is too large to convert in one response; "
+                    "ask for it as stored (transfer-syntax=*)."
+                )
+            return self._redirect(item.s3_key, item.s3_version_id, uri.base_url)
+        assert uri.study is not None
+        syntax = bundles.bundle_syntax(choice.transfer_syntax, items)
+        owner: SeriesItem | StudyItem = (
+            series_item(uri.study, uri.series) if uri.series is not None else study_item(uri.study)
+        )
+        if owner.bundle_version == owner.version:
+            key = bundles.bundle_key(owner.version, syntax, uri.study, uri.series or "-", uri.instance or "-")
+            return self._redirect(key, None, uri.base_url)
         raise PayloadTooLarge(
-            f"The {len(items)} instances total {sum(int(i.size) for i in items) / 1e6:.1f} MB, more than one "
-            "response can carry; list them with QIDO-RS (/instances) and retrieve them one by one "
-            "(large single instances are answered with a redirect), or ask for frames or metadata."
+            f"The response ({total_mb:.1f} MB) is larger than one function response can carry. It is "
+            "prepared as a pre-built response once the series has received no new instance for the "
+            "stable age (a minute by default); retry then, or retrieve instances one at a time.",
+            retry_after=60,
+        )
+
+    def _redirect(self, key: str, version_id: str | None, base_url: str) -> Response[bytes]:
+        url = self.reader.same_host_url(
+            key, version_id=version_id, public_base_url=base_url, expires_in=REDIRECT_SECONDS
+        )
+        return Response(
+            status_code=int(HTTPStatus.SEE_OTHER),
+            body=b"",
+            headers={"Location": url, "Cache-Control": "no-store"},
         )
 
     def _instance_bytes(self, item: InstanceItem, syntax: str) -> bytes:
-        data = self.reader.read(item.s3_key, version_id=item.s3_version_id)
-        if syntax in (media.AS_STORED, item.transfer_syntax_uid):
-            return data
-        if item.transfer_syntax_uid in media.UNCOMPRESSED:
-            return _transcode(data, syntax)
-        return codecs.decompress_instance(data)
+        return instance_in_syntax(self.reader, item, syntax)
 
     # ------------------------------------------------------------------ metadata
     def metadata(self, request: Request, *, base_url: str) -> Response[bytes]:
@@ -301,6 +327,16 @@ def _frame_index(item: InstanceItem) -> FrameIndex | None:
         return None
     document = json.loads(item.frame_index)
     return FrameIndex.from_json(document["frames"], encapsulated=bool(document["encapsulated"]))
+
+
+def instance_in_syntax(reader: ObjectReader, item: InstanceItem, syntax: str) -> bytes:
+    """The instance's Part 10 bytes in ``syntax`` (as stored, transcoded or decompressed)."""
+    data = reader.read(item.s3_key, version_id=item.s3_version_id)
+    if syntax in (media.AS_STORED, item.transfer_syntax_uid):
+        return data
+    if item.transfer_syntax_uid in media.UNCOMPRESSED:
+        return _transcode(data, syntax)
+    return codecs.decompress_instance(data)
 
 
 def _transcode(data: bytes, syntax: str) -> bytes:

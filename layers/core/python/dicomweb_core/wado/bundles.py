@@ -1,0 +1,242 @@
+"""Pre-built multipart responses for retrievals too large for a Lambda response (PS3.18 §10.4.1.1.1).
+
+A Lambda response carries about 4.4 MB of raw bytes, so a study, series or instance
+retrieval above that cannot come from the retrieve function. When a series (or study)
+becomes stable, the bundle hook writes the exact ``multipart/related;
+type="application/dicom"`` body of each large resource as one S3 object, with the
+response's Content-Type stored on the object:
+
+- the series, and each of its instances above the limit (for a client that retrieves
+  them one by one, as dicomweb-client's ``retrieve_instance`` does, in multipart);
+- the study, on ``StudyStable``;
+
+each as stored (``transfer-syntax=*``) and, when some instance is stored in another
+syntax, in the default Explicit VR Little Endian (decompressed or transcoded here, with
+the imaging layer's codecs). The retrieve function then answers ``303 See Other`` to a
+short-lived presigned URL of the bundle *on the API's own host* (CloudFront routes the
+``/bundles/*`` and ``/studies/*.dcm`` paths to the bucket; see template.yaml and
+docs/conformance.md), which every client follows, including those that pin the Host
+header.
+
+Bundles are composed with S3 multipart uploads: framing bytes and small instances are
+buffered into parts of at least 5 MiB, and long object ranges are copied server-side
+(UploadPartCopy), so memory stays bounded whatever the series size. A bundle's key names
+the series/study version; the index records which version has bundles
+(``bundle_version``), so the retrieve function never probes S3 for a missing one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pynamodb.exceptions import UpdateError
+
+from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
+from dicomweb_core.index.reader import instances_of
+from dicomweb_core.multipart import closing_delimiter, multipart_content_type, new_boundary, part_opening
+from dicomweb_core.storage import ObjectReader
+from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.wado import media
+
+MIN_PART = 5 * 1024 * 1024  # S3: every part but the last
+BUFFER_TARGET = 8 * 1024 * 1024
+RESPONSE_LIMIT = 4_400_000  # raw bytes a Lambda response can carry (base64 under 6 MB)
+
+
+def bundle_key(version: str, syntax: str, study: str, series: str = "-", instance: str = "-") -> str:
+    """Where the bundle of a resource version in a transfer syntax (``*``: as stored) lives."""
+    tag = "stored" if syntax == media.AS_STORED else syntax
+    return f"bundles/{study}/{series}/{instance}/{version}/{tag}.multipart"
+
+
+def syntaxes(items: Sequence[InstanceItem]) -> list[str]:
+    """The transfer syntaxes bundles are built in: as stored, and the default one when it differs."""
+    if all(i.transfer_syntax_uid == media.EXPLICIT_VR_LITTLE_ENDIAN for i in items):
+        return [media.AS_STORED]  # the same bytes serve both requests
+    return [media.AS_STORED, media.EXPLICIT_VR_LITTLE_ENDIAN]
+
+
+def needs_bundle(items: Sequence[InstanceItem]) -> bool:
+    return sum(int(i.size) for i in items) > RESPONSE_LIMIT
+
+
+def bundle_syntax(requested: str, items: Sequence[InstanceItem]) -> str:
+    """The bundle that answers a request for ``requested`` (None-free: the caller checked)."""
+    if requested == media.AS_STORED or all(i.transfer_syntax_uid == requested for i in items):
+        return media.AS_STORED
+    return requested
+
+
+# ------------------------------------------------------------------- composition
+@dataclass(frozen=True, slots=True)
+class ObjectRange:
+    """Bytes [start, end) of one object version, copied without passing through the function."""
+
+    key: str
+    version_id: str | None
+    start: int
+    end: int
+
+
+Segment = bytes | ObjectRange
+
+
+class BundleComposer:
+    """Writes a sequence of byte strings and object ranges as one S3 object (multipart upload)."""
+
+    def __init__(self, bucket: str, reader: ObjectReader, client: Any = None) -> None:
+        self.bucket = bucket
+        self.reader = reader
+        self.client: Any = client or reader.client
+
+    def compose(self, key: str, segments: Iterable[Segment], *, content_type: str) -> int:
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
+        upload_id = upload["UploadId"]
+        parts: list[dict[str, Any]] = []
+        written = 0
+        try:
+            for part in self._parts(segments):
+                number = len(parts) + 1
+                if isinstance(part, ObjectRange):
+                    source: dict[str, str] = {"Bucket": self.bucket, "Key": part.key}
+                    if part.version_id:
+                        source["VersionId"] = part.version_id
+                    answer = self.client.upload_part_copy(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        CopySource=source,
+                        CopySourceRange=f"bytes={part.start}-{part.end - 1}",
+                    )
+                    etag = answer["CopyPartResult"]["ETag"]
+                    written += part.end - part.start
+                else:
+                    answer = self.client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=part
+                    )
+                    etag = answer["ETag"]
+                    written += len(part)
+                parts.append({"PartNumber": number, "ETag": etag})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+        return written
+
+    def _parts(self, segments: Iterable[Segment]) -> Iterator[bytes | ObjectRange]:
+        """Parts of at least 5 MiB (but the last): small pieces buffered, long ranges copied."""
+        buffer = bytearray()
+        for segment in segments:
+            if isinstance(segment, bytes):
+                buffer += segment
+            elif segment.end - segment.start < 2 * MIN_PART:
+                buffer += self._read(segment.key, segment.version_id, segment.start, segment.end)
+            else:
+                start = segment.start
+                if buffer:  # top the buffer up to a valid part from the range's head
+                    take = max(0, MIN_PART - len(buffer))
+                    buffer += self._read(segment.key, segment.version_id, start, start + take)
+                    start += take
+                    yield bytes(buffer)
+                    buffer.clear()
+                yield ObjectRange(segment.key, segment.version_id, start, segment.end)
+                continue
+            while len(buffer) >= BUFFER_TARGET:
+                yield bytes(buffer[:BUFFER_TARGET])
+                del buffer[:BUFFER_TARGET]
+        if buffer:
+            yield bytes(buffer)
+
+    def _read(self, key: str, version_id: str | None, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        return self.reader.read(key, version_id=version_id, byte_range=(start, end - start))
+
+
+def multipart_segments(
+    items: Sequence[InstanceItem], syntax: str, convert: Callable[[InstanceItem, str], bytes]
+) -> tuple[list[Segment], str]:
+    """The segments of ``multipart/related; type="application/dicom"`` for the instances, and its
+    Content-Type. Instances already in ``syntax`` are copied as object ranges; others are
+    converted (decompressed or transcoded) by ``convert``."""
+    boundary = new_boundary()
+    segments: list[Segment] = []
+    for number, item in enumerate(items, start=1):
+        actual = item.transfer_syntax_uid if syntax == media.AS_STORED else syntax
+        headers = {"Content-Type": f"{media.DICOM}; transfer-syntax={actual}"}
+        if actual == item.transfer_syntax_uid:
+            size = int(item.size)
+            segments.append(part_opening(boundary, headers, size, number))
+            segments.append(ObjectRange(item.s3_key, item.s3_version_id, 0, size))
+        else:
+            body = convert(item, syntax)
+            segments.append(part_opening(boundary, headers, len(body), number))
+            segments.append(body)
+        segments.append(b"\r\n")
+    segments.append(closing_delimiter(boundary))
+    content_type = multipart_content_type(boundary, media.DICOM, transfer_syntax=syntax)
+    return segments, content_type
+
+
+# ---------------------------------------------------------------------- the hook
+@dataclass
+class BundleBuilder:
+    """Builds the bundles of a stable series or study version (the bundle hook)."""
+
+    composer: BundleComposer
+    convert: Callable[[InstanceItem, str], bytes]
+
+    def build_series(self, study: str, series: str, version: str) -> str:
+        try:
+            current = SeriesItem.get(*SeriesItem.key(study, series), consistent_read=True)
+        except SeriesItem.DoesNotExist:
+            return "changed"
+        if current.version != version:
+            return "changed"
+        if current.bundle_version == version:
+            return "exists"
+        items = instances_of(DicomWebURI("", study=study, series=series))
+        if not needs_bundle(items):
+            return "small"
+        for syntax in syntaxes(items):
+            self._write(items, syntax, bundle_key(version, syntax, study, series))
+            for item in items:
+                if needs_bundle([item]):
+                    self._write([item], syntax, bundle_key(version, syntax, study, series, item.sop_uid))
+        return self._record(current, SeriesItem)
+
+    def build_study(self, study: str, version: str) -> str:
+        try:
+            current = StudyItem.get(*StudyItem.key(study), consistent_read=True)
+        except StudyItem.DoesNotExist:
+            return "changed"
+        if current.version != version:
+            return "changed"
+        if current.bundle_version == version:
+            return "exists"
+        items = instances_of(DicomWebURI("", study=study))
+        if not needs_bundle(items):
+            return "small"
+        for syntax in syntaxes(items):
+            self._write(items, syntax, bundle_key(version, syntax, study))
+        return self._record(current, StudyItem)
+
+    def _write(self, items: Sequence[InstanceItem], syntax: str, key: str) -> None:
+        segments, content_type = multipart_segments(items, syntax, self.convert)
+        self.composer.compose(key, segments, content_type=content_type)
+
+    @staticmethod
+    def _record(item: SeriesItem | StudyItem, model: Any) -> str:
+        try:  # announce the bundles only while this is still the current version
+            item.update(
+                actions=[model.bundle_version.set(item.version)],
+                condition=model.updated_at == item.updated_at,
+            )
+        except UpdateError:
+            return "changed"
+        return "built"
