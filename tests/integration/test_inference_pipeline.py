@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from dicomweb_core import config
 from dicomweb_core.events import EventPublisher
-from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
+from dicomweb_core.index.models import InferenceRunItem, InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.reader import series_of
 from dicomweb_core.inference.model import Code, Measurement, ModelOutputError, ModelResult, SeriesDescriptor
 from dicomweb_core.inference.pipeline import InferenceFailed, InferencePipeline
@@ -253,3 +253,19 @@ def test_the_inference_rule_selects_stable_series_of_the_configured_modalities()
     rule = load_template().resources["InferenceRule"]["Properties"]["EventPattern"]
     assert rule["detail-type"] == ["SeriesStable"]
     assert rule["detail"]["modality"] == {"Ref": "InferenceModalities"}
+
+
+def test_a_rerun_after_a_crash_before_the_run_record_stores_the_same_objects(env: InferenceEnv) -> None:
+    # Given a run whose results were stored but whose run record was lost (crash in between)
+    _datasets, detail = env.store_series()
+    (first,) = env.pipeline().process(detail)
+    for run in InferenceRunItem.query(
+        StudyItem.key(detail["studyInstanceUID"])[0], InferenceRunItem.sk.startswith("RUN#")
+    ):
+        run.delete()
+    # When the message is redelivered
+    (again,) = env.pipeline().process(detail)
+    # Then the results are the same objects (same UIDs, same bytes: the store accepts them)
+    assert again.status == "completed"
+    assert {r["sopInstanceUID"] for r in again.results} == {r["sopInstanceUID"] for r in first.results}
+    assert len(env.study_objects(detail["studyInstanceUID"])[SEG_STORAGE]) == 1

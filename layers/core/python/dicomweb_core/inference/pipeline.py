@@ -87,7 +87,7 @@ class InferencePipeline:
         failed: list[str] = []
         for model in pending:
             try:
-                outcomes.append(self._run(model, series, version, datasets))
+                outcomes.append(self._run(model, series, version, datasets, created=current.updated_at))
             except Exception:
                 logger.exception("model failed", extra={"model": model.name, "version": model.version})
                 failed.append(model.name)
@@ -108,14 +108,22 @@ class InferencePipeline:
         ]
 
     def _run(
-        self, model: Model, series: SeriesDescriptor, version: str, datasets: list[Dataset]
+        self,
+        model: Model,
+        series: SeriesDescriptor,
+        version: str,
+        datasets: list[Dataset],
+        *,
+        created: datetime | None,
     ) -> RunOutcome:
         raw = model.run(datasets)
         if raw is None:
             self._record(series, version, model, status="declined", results=[])
             return RunOutcome(model.name, "declined")
         result = validate_result(raw, datasets)
-        outputs = build_results(datasets, result, model, series_version=version)
+        # Dated by the series version, not the clock: a re-run (a crash before the run was
+        # recorded) writes the same bytes under the same UIDs, which the store accepts.
+        outputs = build_results(datasets, result, model, series_version=version, created=created)
         payloads = [memoryview(_part10(ds)) for ds in outputs]
         stored = self.stow.store_all(payloads, study=series.study_uid) if payloads else None
         if stored is not None and stored.failures:
