@@ -228,4 +228,3 @@ def test_default_syntax_bundles_are_added_only_when_some_instance_differs() -> N
 def test_the_template_serves_presigned_paths_on_the_api_host() -> None:
     routes = {route.path_pattern: route.bucket for route in object_routes(load_template())}
     assert routes == {"/studies/*.dcm": "InstanceBucket", "/bundles/*": "InstanceBucket"}
-    assert base64

@@ -125,6 +125,7 @@ class Deployment:
     handlers: dict[str, ModuleType]
     watch: S3Watch
     bucket: str
+    table: str
     stored: list[tuple[str, str, str]] = field(default_factory=list)  # (study, series, sop)
 
     def call(
@@ -141,6 +142,9 @@ class Deployment:
         request, routed = payload_v2_event(method, raw_path, query=query, headers=headers, body=body)
         name = function or routed
         module = self.handlers[name]
+        # Each function has its own process in Lambda; here they share the index binding,
+        # which QIDO and WADO move to /deid's table: start every request on the primary one.
+        bind_table(self.table)
         before = len(self.watch.keys)
         response = module.handler(request, LambdaContext(name))
         module.metrics.clear_metrics()  # metrics are disabled in tests; they would pile up
@@ -270,7 +274,9 @@ def deployed() -> Iterator[Deployment]:
         handlers = {function: load_handler(function) for function in FUNCTIONS}
         watch = S3Watch()
         watch.install(patch)
-        deployment = Deployment(handlers, watch, stack.physical_ids["InstanceBucket"])
+        deployment = Deployment(
+            handlers, watch, stack.physical_ids["InstanceBucket"], stack.physical_ids["IndexTable"]
+        )
         for number, (sop, description) in enumerate(zip(SOPS, DESCRIPTIONS, strict=True), 1):
             ds = make_dataset(
                 study=STUDY,
