@@ -74,6 +74,12 @@ class Options:
     persist: bool = True  # snapshot moto to $LOCAL_DIR (the benchmarks turn it off)
     # A series is stable after this quiet time; seconds locally so results show up quickly.
     stable_age_seconds: int = int(os.environ.get("STABLE_AGE_SECONDS", "3"))
+    # Template parameters, as `sam deploy --parameter-overrides`: "Name=Value Name2=Value2".
+    parameter_overrides: tuple[tuple[str, str], ...] = tuple(
+        tuple(item.split("=", 1))  # type: ignore[misc]
+        for item in os.environ.get("PARAMETER_OVERRIDES", "").split()
+        if "=" in item
+    )
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> Options:
@@ -82,6 +88,12 @@ class Options:
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
         parser.add_argument("--local-dir", type=Path, default=Path(os.environ.get("LOCAL_DIR", ".local")))
         parser.add_argument("--auth", choices=("on", "off"), default=os.environ.get("AUTH", "on") or "on")
+        parser.add_argument(
+            "--persist",
+            choices=("on", "off"),
+            default=os.environ.get("PERSIST", "on") or "on",
+            help="snapshot the state to LOCAL_DIR (off: everything is gone on exit)",
+        )
         parser.add_argument(
             "--load", type=Path, default=Path(os.environ["LOAD"]) if os.environ.get("LOAD") else None
         )
@@ -94,6 +106,7 @@ class Options:
             auth=args.auth == "on",
             load=args.load,
             cors_origins=tuple(o.strip() for o in origins.split(",")) if origins else LOCAL_VIEWER_ORIGINS,
+            persist=args.persist == "on",
         )
 
 
@@ -130,6 +143,7 @@ class LocalStack:
                 "PublicBaseUrl": self.base_url,
                 "AllowedOrigins": ",".join(self.options.cors_origins),
                 "StableAgeSeconds": str(self.options.stable_age_seconds),
+                **dict(self.options.parameter_overrides),
             },
         )
         self._record_events()

@@ -36,6 +36,9 @@ _RUNTIME_ENV_OVERRIDES = (
     "LOAD",
     "LOCAL_DIR",
     "PORT",
+    "PERSIST",
+    "PARAMETER_OVERRIDES",
+    "STABLE_AGE_SECONDS",
     "AWS_PROFILE",
     "AWS_ENDPOINT_URL",
     "AWS_SESSION_TOKEN",
@@ -175,7 +178,9 @@ class Runtime:
         return int(self.process.returncode)
 
 
-def start_runtime(local_dir: Path, port: int | None = None) -> Runtime:
+def start_runtime(
+    local_dir: Path, port: int | None = None, *, persist: bool = True, parameters: str = ""
+) -> Runtime:
     """Start `python -m infra.local.serve` and wait until it has written runtime.json."""
     local_dir.mkdir(parents=True, exist_ok=True)
     runtime_file = local_dir / "runtime.json"
@@ -184,9 +189,15 @@ def start_runtime(local_dir: Path, port: int | None = None) -> Runtime:
     env = {k: v for k, v in os.environ.items() if k not in _RUNTIME_ENV_OVERRIDES}
     env["PYTHONPATH"] = os.pathsep.join(["layers/core/python", "."])
     env["PYTHONUNBUFFERED"] = "1"
+    if parameters:
+        env["PARAMETER_OVERRIDES"] = parameters
     log = open(local_dir / LOG_NAME, "ab")  # noqa: SIM115 (closed by Runtime.stop)
     process = subprocess.Popen(
-        [sys.executable, "-m", "infra.local.serve", "--port", str(port), "--local-dir", str(local_dir)],
+        [
+            sys.executable,
+            *("-m", "infra.local.serve", "--port", str(port), "--local-dir", str(local_dir)),
+            *("--persist", "on" if persist else "off"),
+        ],
         cwd=REPO_ROOT,
         env=env,
         stdout=log,

@@ -234,22 +234,25 @@ def test_polyglot_preamble_is_zeroed_in_storage_and_retrieval(
 
 # ====================================================================== 2. huge declared lengths
 def _huge_lengths() -> dict[str, bytes]:
-    _, data = small_instance()
-    body = data_set_bytes(make_dataset(rows=2, columns=2))
+    ds, data = small_instance()
+    body = data_set_bytes(ds)
+    sop = ds.SOPInstanceUID
     sequence_item = ITEM + struct.pack("<I", 0xFFFFFFF0) + bytes(16)
     no_pixels = make_dataset(rows=2, columns=2)
     del no_pixels.PixelData
     no_pixels.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     implicit = to_part10(no_pixels)
     return {
-        "pixel-data-OB": with_meta(body + element(PIXEL_DATA, b"OB", length=0xFFFFFFF0) + bytes(16)),
-        "private-UN": with_meta(body + element(0x00431029, b"UN", length=0xFFFFFFF0) + bytes(16)),
-        "sequence-SQ": with_meta(body + element(CONTENT_SEQUENCE, b"SQ", length=0xFFFFFFF0) + bytes(16)),
+        "pixel-data-OB": with_meta(body + element(PIXEL_DATA, b"OB", length=0xFFFFFFF0) + bytes(16), sop=sop),
+        "private-UN": with_meta(body + element(0x00431029, b"UN", length=0xFFFFFFF0) + bytes(16), sop=sop),
+        "sequence-SQ": with_meta(
+            body + element(CONTENT_SEQUENCE, b"SQ", length=0xFFFFFFF0) + bytes(16), sop=sop
+        ),
         "item-in-sequence": with_meta(
-            body + element(CONTENT_SEQUENCE, b"SQ", sequence_item, length=len(sequence_item))
+            body + element(CONTENT_SEQUENCE, b"SQ", sequence_item, length=len(sequence_item)), sop=sop
         ),
         "item-in-undefined-sequence": with_meta(
-            body + element(CONTENT_SEQUENCE, b"SQ", length=UNDEFINED) + sequence_item
+            body + element(CONTENT_SEQUENCE, b"SQ", length=UNDEFINED) + sequence_item, sop=sop
         ),
         "file-meta-OB": data[:132] + element(0x00020001, b"OB", length=0xFFFFFFF0) + bytes(16),
         "implicit-vr": implicit + struct.pack("<HHI", 0x7FE0, 0x0010, 0xFFFFFFF0) + bytes(16),
@@ -259,14 +262,33 @@ def _huge_lengths() -> dict[str, bytes]:
 HUGE = _huge_lengths()
 
 
-@pytest.mark.parametrize("data", HUGE.values(), ids=HUGE.keys())
+# A defined-length item inside a defined-length sequence that claims 4 GiB is read as far as
+# its sequence goes and accepted: pydicom keeps no item lengths, so the element check of
+# instance.py does not see it. Parsing stays bounded (nothing near 4 GiB is allocated), but
+# the stored object carries the lying length to clients that retrieve it as stored.
+KNOWN_GAPS = {"item-in-sequence"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(
+            data,
+            id=name,
+            marks=[pytest.mark.xfail(strict=True, reason="item lengths are not checked")]
+            if name in KNOWN_GAPS
+            else [],
+        )
+        for name, data in HUGE.items()
+    ],
+)
 def test_huge_declared_lengths_are_rejected_in_bounded_time_and_memory(data: bytes) -> None:
     # Given an element, item or group claiming about 4 GiB in a file of a few KiB
     # When it is read, measured
     result = bounded(lambda: read_instance(data, limits=Limits()), seconds=2, mib=16)
     # Then it is rejected as not understood (nothing near the declared size is allocated)
     assert isinstance(result, InstanceRejected), "accepted"
-    assert result.failure.reason in (FailureReason.CANNOT_UNDERSTAND, FailureReason.DATASET_DOES_NOT_MATCH)
+    assert result.failure.reason == FailureReason.CANNOT_UNDERSTAND
 
 
 def test_huge_file_meta_group_length_is_not_trusted() -> None:

@@ -144,9 +144,11 @@ class ObjectReader:
 
     @cached_property
     def _presigner(self) -> S3Client:
-        """Virtual-hosted, regional SigV4 URLs (the host CloudFront's S3 origin uses)."""
-        if self._client is not None or os.environ.get("AWS_ENDPOINT_URL"):
+        """SigV4 URLs; in AWS virtual-hosted on the regional endpoint (CloudFront's S3 origin)."""
+        if self._client is not None:
             return self.client
+        if os.environ.get("AWS_ENDPOINT_URL"):  # a local endpoint: path-style
+            return boto3.client("s3", config=Config(signature_version="s3v4"))
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         return boto3.client(
             "s3",
