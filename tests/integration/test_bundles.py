@@ -228,3 +228,23 @@ def test_default_syntax_bundles_are_added_only_when_some_instance_differs() -> N
 def test_the_template_serves_presigned_paths_on_the_api_host() -> None:
     routes = {route.path_pattern: route.bucket for route in object_routes(load_template())}
     assert routes == {"/studies/*.dcm": "InstanceBucket", "/bundles/*": "InstanceBucket"}
+
+
+def test_a_new_series_version_replaces_the_old_bundles(env: Env) -> None:
+    # Given a bundled series that then receives a late instance and is bundled again
+    study, series = new_uid(), new_uid()
+    env.store(*(big_instance(study, series, n) for n in (1, 2, 3)))
+    first = SeriesItem.get(*SeriesItem.key(study, series)).version
+    assert env.builder().build_series(study, series, first) == "built"
+    env.store(big_instance(study, series, 4))
+    second = SeriesItem.get(*SeriesItem.key(study, series)).version
+    assert env.builder().build_series(study, series, second) == "built"
+    # Then only the current version's bundles remain (current versions of the keys)
+    keys = [
+        o["Key"] for o in env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"bundles/{study}/")["Contents"]
+    ]
+    assert keys and all(f"/{second}/" in key for key in keys), keys
+    # And the retrieval serves the four instances
+    answer = env.get(f"/studies/{study}/series/{series}", DICOM_MULTIPART)
+    content_type, body = env.follow(answer["headers"]["Location"])
+    assert len(_parts(content_type, body)) == 4

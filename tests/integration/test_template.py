@@ -25,7 +25,9 @@ READ_ONLY_VERBS = ("Get", "List", "Describe", "BatchGet", "Query", "Scan", "Head
 LAYER_CONTENTS = {
     "CoreLayer": ("dicomweb_core/__init__.py", "pydicom", "pynamodb", "aws_lambda_powertools"),
     "ImagingLayer": ("numpy", "pylibjpeg", "openjpeg", "libjpeg", "rle"),
+    "InferenceLayer": ("highdicom", "scipy", "PIL"),
 }
+LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024  # function code and all its layers, unzipped
 LAMBDA_EXTENSION_SUFFIX = ".cpython-312-x86_64-linux-gnu.so"
 
 TEMPLATE = load_template()
@@ -123,6 +125,14 @@ def test_sam_build_produces_functions_and_core_layer(tmp_path: Path) -> None:
         extensions = [p.name for p in python.rglob("*.so") if ".cpython-" in p.name]
         wrong = [so for so in extensions if not so.endswith(LAMBDA_EXTENSION_SUFFIX)]
         assert not wrong, f"{name}: extension modules not built for the Lambda runtime: {wrong}"
+    # And the inference layer brings no second numpy or pydicom (they come from the other layers)
+    assert not (build_dir / "InferenceLayer/python/numpy").exists()
+    assert not (build_dir / "InferenceLayer/python/pydicom").exists()
+    # And every function with its layers fits Lambda's 250 MB unzipped limit
+    for name, spec in functions.items():
+        parts = [build_dir / name, *(build_dir / layer for layer in spec.layers)]
+        size = sum(f.stat().st_size for part in parts for f in part.rglob("*") if f.is_file())
+        assert size < LAMBDA_UNZIPPED_LIMIT, f"{name}: {size / 1e6:.0f} MB unzipped with its layers"
 
 
 # ---------------------------------------------------------------- API auth and CORS

@@ -208,7 +208,10 @@ class BundleBuilder:
             for item in items:
                 if needs_bundle([item]):
                     self._write([item], syntax, bundle_key(version, syntax, study, series, item.sop_uid))
-        return self._record(current, SeriesItem)
+        outcome = self._record(current, SeriesItem)
+        if outcome == "built":
+            self._remove_superseded(f"bundles/{study}/{series}/", version)
+        return outcome
 
     def build_study(self, study: str, version: str) -> str:
         try:
@@ -224,7 +227,26 @@ class BundleBuilder:
             return "small"
         for syntax in syntaxes(items):
             self._write(items, syntax, bundle_key(version, syntax, study))
-        return self._record(current, StudyItem)
+        outcome = self._record(current, StudyItem)
+        if outcome == "built":
+            self._remove_superseded(f"bundles/{study}/-/", version)
+        return outcome
+
+    def _remove_superseded(self, prefix: str, version: str) -> None:
+        """Delete the bundles of older versions under ``prefix`` (no longer referenced by the
+        index; the versioned bucket keeps them recoverable for the retention period)."""
+        client = self.composer.client
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.composer.bucket, Prefix=prefix)
+        stale = [
+            {"Key": entry["Key"]}
+            for page in pages
+            for entry in page.get("Contents", [])
+            if f"/{version}/" not in entry["Key"]
+        ]
+        for start in range(0, len(stale), 1000):
+            client.delete_objects(
+                Bucket=self.composer.bucket, Delete={"Objects": stale[start : start + 1000]}
+            )
 
     def _write(self, items: Sequence[InstanceItem], syntax: str, key: str) -> None:
         segments, content_type = multipart_segments(items, syntax, self.convert)
