@@ -361,6 +361,9 @@ def _patient_of(study: str) -> str | None:
         item = StudyItem.get(*StudyItem.key(study))
     except StudyItem.DoesNotExist:
         return None
+    except Exception:  # the record is written without it rather than not at all
+        logger.exception("audit: the study's patient ID could not be read")
+        return None
     value = first_value(json.loads(item.dicom_json), "00100020")
     return str(value) if value else None
 
@@ -384,8 +387,8 @@ def audited(
             try:
                 message = http_message(event, status, subjects=subjects, patient_of=_patient_of)
             except Exception:
-                logger.exception("audit record could not be built")
-            else:
-                emit(message)
+                logger.exception("audit record could not be built in full")
+                message = http_message(event, status)  # still one record, without the extras
+            emit(message)
 
     return wrapper

@@ -2,7 +2,14 @@
 
 The codecs (numpy and the pylibjpeg plugins, through pydicom's decoders) live in the
 imaging layer; when they are missing, :func:`can_decode` is False and negotiation
-answers 406 instead of failing later.
+answers 406 instead of failing later. When they are present but cannot decode a given
+codestream (a 12-bit lossy JPEG the plugins do not support, a damaged codestream),
+:class:`CannotDecode` is raised, which the retrieve service answers with 406 too.
+
+Decoded pixels are what pydicom's own ``pixel_array(ds, raw=True)`` gives for the same
+data, byte for byte: the frame decoder goes through the same array path, which also
+applies pydicom's corrections (a JPEG 2000 codestream whose signedness disagrees with
+Pixel Representation, JPEG-LS signed data, unused high bits).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import pydicom
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-# Attributes a frame decoder needs besides the codestream (keyword → decoder option).
+# Attributes a frame decoder needs besides the codestream (tag → decoder option).
 FRAME_ATTRIBUTES = {
     "00280010": "rows",
     "00280011": "columns",
@@ -26,6 +33,10 @@ FRAME_ATTRIBUTES = {
     "00280004": "photometric_interpretation",
     "00280006": "planar_configuration",
 }
+
+
+class CannotDecode(Exception):
+    """The codecs are installed but could not decode this pixel data (the reason is the message)."""
 
 
 @cache
@@ -43,24 +54,66 @@ def can_decode(transfer_syntax_uid: str) -> bool:
 
 
 def decompress_instance(data: bytes) -> bytes:
-    """The instance re-encoded as Explicit VR Little Endian with native pixel data."""
+    """The instance re-encoded as Explicit VR Little Endian with native pixel data.
+
+    Raises :class:`CannotDecode` when the codecs cannot decode its pixel data.
+    """
     dataset = pydicom.dcmread(io.BytesIO(data))
-    dataset.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
+    try:
+        dataset.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
+    except MemoryError:
+        raise
+    except Exception as error:  # pydicom and the plugins raise RuntimeError, ValueError, ...
+        raise CannotDecode(_reason(error)) from error
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
-def decode_frame(codestream: bytes, transfer_syntax_uid: str, metadata: dict[str, Any]) -> bytes:
-    """One compressed frame as native pixel bytes, described by the instance's metadata."""
-    from pydicom.pixels.decoders.base import get_decoder  # noqa: PLC0415
-
-    options: dict[str, Any] = {"number_of_frames": 1, "transfer_syntax_uid": UID(transfer_syntax_uid)}
+def frame_options(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The decoder options of one frame, from the instance's DICOM JSON metadata."""
+    options: dict[str, Any] = {"number_of_frames": 1}
     for tag, option in FRAME_ATTRIBUTES.items():
         values = metadata.get(tag, {}).get("Value") or []
         if values:
             options[option] = values[0]
-    # The decoder reads encapsulated pixel data: wrap the codestream as one fragment.
-    buffer, _ = get_decoder(UID(transfer_syntax_uid)).as_buffer(encapsulate([codestream]), **options)
-    return bytes(buffer)
+    return options
+
+
+def decoded_frame_length(metadata: dict[str, Any]) -> int:
+    """Bytes of one decoded frame (as :func:`decode_frame` returns it), 0 when unknown."""
+    options = frame_options(metadata)
+    try:
+        pixels = int(options["rows"]) * int(options["columns"]) * int(options.get("samples_per_pixel", 1))
+        bits = int(options["bits_allocated"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+    return (pixels * bits + 7) // 8 if bits == 1 else pixels * ((bits + 7) // 8)
+
+
+def decode_frame(codestream: bytes, transfer_syntax_uid: str, metadata: dict[str, Any]) -> bytes:
+    """One compressed frame as native pixel bytes, described by the instance's metadata.
+
+    The bytes equal ``pixel_array(ds, index=..., raw=True).tobytes()`` of the whole data
+    set: decoded as an array (not ``as_buffer``, which skips pydicom's sign and unused-bit
+    corrections), multi-sample pixels interleaved (Planar Configuration 0), colour space
+    as encoded. Raises :class:`CannotDecode` when the codecs cannot decode it.
+    """
+    from pydicom.pixels.decoders.base import get_decoder  # noqa: PLC0415 (needs the imaging layer)
+
+    decoder = get_decoder(UID(transfer_syntax_uid))
+    options = frame_options(metadata)
+    try:
+        # The decoder reads encapsulated pixel data: wrap the codestream as one fragment.
+        array, _ = decoder.as_array(encapsulate([codestream]), index=0, raw=True, **options)
+    except MemoryError:
+        raise
+    except Exception as error:  # pydicom and the plugins raise RuntimeError, ValueError, ...
+        raise CannotDecode(_reason(error)) from error
+    return bytes(array.tobytes())
+
+
+def _reason(error: Exception) -> str:
+    """The error's message on one line (pydicom lists each plugin's failure on its own line)."""
+    return " ".join(str(error).split()) or type(error).__name__

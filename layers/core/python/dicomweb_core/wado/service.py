@@ -25,7 +25,7 @@ from pydicom.uid import UID
 
 from dicomweb_core.config import Settings
 from dicomweb_core.dicom_xml import to_xml
-from dicomweb_core.errors import BadRequest, NotFound, PayloadTooLarge
+from dicomweb_core.errors import BadRequest, NotAcceptable, NotFound, PayloadTooLarge
 from dicomweb_core.frames import FrameIndex
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.reader import instances_of, series_item, series_of, study_item
@@ -33,7 +33,7 @@ from dicomweb_core.mediatype import MediaType
 from dicomweb_core.metadata import render
 from dicomweb_core.multipart import encode_multipart, multipart_content_type
 from dicomweb_core.negotiation import negotiate
-from dicomweb_core.observability import MetricUnit, metrics
+from dicomweb_core.observability import MetricUnit, logger, metrics
 from dicomweb_core.storage import ObjectReader, metadata_key
 from dicomweb_core.uri import DicomWebURI
 from dicomweb_core.wado import bundles, codecs, media, series_metadata
@@ -212,9 +212,7 @@ class RetrieveService:
             return _not_modified(etag)
         pixels = self._frame_bytes(item, _frame_index(item), list(uri.frames))
         if actual != stored and stored not in media.UNCOMPRESSED:
-            key = metadata_key(item.study_uid, item.series_uid, item.sop_uid)
-            metadata = json.loads(self.reader.read(key))
-            pixels = [codecs.decode_frame(p, stored, metadata) for p in pixels]
+            pixels = self._decoded_frames(item, list(uri.frames), pixels)
         part_type = (
             choice.part_type
             if choice.part_type != "*/*"
@@ -238,6 +236,50 @@ class RetrieveService:
             )
         body, boundary = encode_multipart(parts)
         return _response(body, multipart_content_type(boundary, part_type), cache=IMMUTABLE, etag=etag)
+
+    def _decoded_frames(self, item: InstanceItem, numbers: list[int], frames: list[bytes]) -> list[bytes]:
+        """The compressed ``frames`` decompressed to native pixel bytes (the default Accept).
+
+        The decoded size is known from the metadata, so a frame that could not be sent is
+        refused (413) before it is decoded; a frame the codecs cannot decode is 406.
+        """
+        stored = item.transfer_syntax_uid
+        key = metadata_key(item.study_uid, item.series_uid, item.sop_uid)
+        metadata = json.loads(self.reader.read(key))
+        length = codecs.decoded_frame_length(metadata)
+        if length > RESPONSE_LIMIT:
+            largest = max(len(f) for f in frames)
+            instead = (
+                "ask for it as stored (transfer-syntax=*) and decode it in the client"
+                if largest <= RESPONSE_LIMIT
+                else "retrieve the instance as stored (transfer-syntax=*)"
+            )
+            raise PayloadTooLarge(
+                f"A frame of this instance is {length / 1e6:.1f} MB decompressed, more than one "
+                f"response can carry; {instead}."
+            )
+        if length * len(frames) > RESPONSE_LIMIT:
+            raise PayloadTooLarge(
+                f"The requested frames are {length * len(frames) / 1e6:.1f} MB decompressed, more than "
+                "one response can carry; ask for fewer frames at a time."
+            )
+        decoded = []
+        for number, frame in zip(numbers, frames, strict=True):
+            try:
+                decoded.append(codecs.decode_frame(frame, stored, metadata))
+            except codecs.CannotDecode as error:
+                logger.warning(
+                    "frame cannot be decoded",
+                    extra={"transfer_syntax": stored, "frame": number, "reason": str(error)},
+                )
+                raise NotAcceptable(
+                    f"Frame {number} cannot be decompressed: the server's codecs cannot decode this "
+                    f"instance's {_syntax_name(stored)} pixel data. Available: the frames as stored, "
+                    'with Accept: multipart/related; type="application/octet-stream"; transfer-syntax=* '
+                    f'(or type="{media.PIXEL_MEDIA_TYPES.get(stored, media.OCTET_STREAM)}"; '
+                    f"transfer-syntax={stored}), to decode in the client."
+                ) from error
+        return decoded
 
     def _frame_bytes(self, item: InstanceItem, index: FrameIndex | None, numbers: list[int]) -> list[bytes]:
         count = len(index) if index is not None else None
@@ -336,7 +378,25 @@ def instance_in_syntax(reader: ObjectReader, item: InstanceItem, syntax: str) ->
         return data
     if item.transfer_syntax_uid in media.UNCOMPRESSED:
         return _transcode(data, syntax)
-    return codecs.decompress_instance(data)
+    try:
+        return codecs.decompress_instance(data)
+    except codecs.CannotDecode as error:
+        logger.warning(
+            "instance cannot be decoded",
+            extra={"transfer_syntax": item.transfer_syntax_uid, "reason": str(error)},
+        )
+        raise NotAcceptable(
+            f"Instance {item.sop_uid} cannot be decompressed: the server's codecs cannot decode its "
+            f"{_syntax_name(item.transfer_syntax_uid)} pixel data. Available: the instance as stored, "
+            'with Accept: multipart/related; type="application/dicom"; transfer-syntax=* (or '
+            "application/dicom; transfer-syntax=* for one instance), to decode in the client."
+        ) from error
+
+
+def _syntax_name(uid: str) -> str:
+    """A transfer syntax for a person: its name and UID, or the UID alone when unknown."""
+    name = UID(uid).name
+    return uid if name == uid else f"{name} ({uid})"
 
 
 def _transcode(data: bytes, syntax: str) -> bytes:
