@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -28,7 +27,7 @@ from dicomweb_core.wado.service import instance_in_syntax
 from infra.local.provision import Stack
 from infra.samtemplate import load_template, object_routes
 from tests.generate import make_dataset, new_uid, to_part10
-from tests.integration.test_wado_service import wado_event
+from tests.integration.test_wado_service import follow_presigned, wado_event
 from tests.lambda_harness import LambdaContext, load_handler
 from tests.moto_stack import provisioned, stow_service
 
@@ -75,15 +74,7 @@ class Env:
     def follow(self, location: str) -> tuple[str, bytes]:
         """What CloudFront serves for a same-host presigned path: the object the path names."""
         assert location.startswith(PUBLIC + "/"), location
-        url = urlsplit(location)
-        assert any(route.pattern.match(url.path) for route in object_routes(load_template())), url.path
-        assert "X-Amz-Signature=" in url.query
-        version = dict(p.split("=", 1) for p in url.query.split("&")).get("versionId")
-        arguments = {"Bucket": self.bucket, "Key": url.path[1:]}
-        if version:
-            arguments["VersionId"] = version
-        answer = self.s3.get_object(**arguments)
-        return answer["ContentType"], answer["Body"].read()
+        return follow_presigned(self.s3, self.bucket, location)
 
 
 @pytest.fixture

@@ -69,7 +69,16 @@ FUNCTIONS = ("StowFunction", "QidoFunction", "WadoFunction")
 ALL_SCOPES = ("dicomweb/read", "dicomweb/write", "dicomweb/deid.read")
 # Every header the handlers set; anything else would be a name built from input.
 ALLOWED_HEADERS = frozenset(
-    {"content-type", "warning", "cache-control", "etag", "content-encoding", "vary", "location"}
+    {
+        "content-type",
+        "warning",
+        "cache-control",
+        "etag",
+        "content-encoding",
+        "vary",
+        "location",
+        "retry-after",
+    }
 )
 S3_KEY_RE = re.compile(
     rf"studies/{UID_RE}/series/{UID_RE}/instances/{UID_RE}\.(?:dcm|json)"
@@ -261,8 +270,16 @@ def deployed() -> Iterator[Deployment]:
     """The template's resources in moto, the three API handlers loaded on them, a few instances
     stored through STOW, and every S3 key they use watched."""
     serialise_dynamodb()
-    with mock_aws(), pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with mock_aws(), pytest.MonkeyPatch.context() as patch:
+        deployment = _deploy(patch)
+        yield deployment
+        config.settings.cache_clear()
+        audit.sink.cache_clear()
+
+
+def _deploy(patch: pytest.MonkeyPatch) -> Deployment:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom and moto warnings while setting up
         template = load_template()
         stack = provision(template, endpoint_url=None, region="us-east-1", overrides={})
         for function in FUNCTIONS:
@@ -295,9 +312,7 @@ def deployed() -> Iterator[Deployment]:
         deployment.call("GET", "/studies", query="PatientName=A*")
         deployment.call("GET", f"/studies/{study}/series/{series}/instances/{sop}/metadata")
         deployment.call("GET", f"/studies/{study}/series/{series}/instances/{sop}/frames/1")
-        yield deployment
-        config.settings.cache_clear()
-        audit.sink.cache_clear()
+    return deployment
 
 
 @pytest.fixture(scope="module")
@@ -412,6 +427,22 @@ def test_wado_never_answers_5xx_escapes_its_keys_or_injects_headers(
     deployment: Deployment, path: str, headers: dict[str, str], query: str
 ) -> None:
     deployment.call("GET", path, headers=headers, query=query)
+
+
+BULK_PIECES = ["7FE00010", "7fe00010", "00081140", "00091010", "0", "1", "-1", "+1", "9" * 20, "-0000001"]
+
+
+@HANDLER
+@given(st.lists(st.one_of(st.sampled_from(BULK_PIECES), hostile_text), min_size=1, max_size=5).map(".".join))
+@example("..%2F..%2Fetc%2Fpasswd")
+@example("-0000001")
+@example("00081140.-1.00091010")
+def test_bulkdata_element_paths_answer_a_value_or_404(deployment: Deployment, element_path: str) -> None:
+    # Given the stored instance and any bulk data element path (tags and item numbers)
+    study, series, sop = deployment.stored[0]
+    path = f"/studies/{study}/series/{series}/instances/{sop}/bulkdata/{element_path}"
+    # When it is retrieved / Then the value, or a 4xx (and only the instance's own key is read)
+    deployment.call("GET", path)
 
 
 # ---------------------------------------------------------------------- STOW

@@ -19,6 +19,8 @@ from functools import cache
 from typing import Any
 
 import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
@@ -59,6 +61,7 @@ def decompress_instance(data: bytes) -> bytes:
     Raises :class:`CannotDecode` when the codecs cannot decode its pixel data.
     """
     dataset = pydicom.dcmread(io.BytesIO(data))
+    _record_implicit_vr(dataset)
     try:
         dataset.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
     except MemoryError:
@@ -69,6 +72,25 @@ def decompress_instance(data: bytes) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def _record_implicit_vr(dataset: Dataset) -> None:
+    """Record that the data set was read as Implicit VR when its elements were.
+
+    Some writers encode the data set in Implicit VR under an explicit transfer syntax
+    (pydicom's SC_rgb_jpeg.dcm). pydicom reads it as implicit but records the transfer
+    syntax's encoding, so writing it as Explicit VR would copy the raw elements, which have
+    no VR (TypeError). With the encoding it was read in, the writer converts each element
+    (VR from the dictionary, ambiguous VRs resolved).
+    """
+    is_implicit, is_little_endian = dataset.original_encoding
+    if is_implicit is not False or is_little_endian is None:
+        return
+    for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset would convert every element)
+        element = dataset.get_item(tag)
+        if isinstance(element, RawDataElement) and element.is_implicit_VR:
+            dataset.set_original_encoding(True, is_little_endian, dataset.original_character_set)
+            return
 
 
 def frame_options(metadata: dict[str, Any]) -> dict[str, Any]:
