@@ -444,6 +444,30 @@ def test_deflate_bomb_through_stow_is_refused_and_nothing_is_stored(deployment: 
     assert written == []
 
 
+def test_many_bombs_in_one_request_share_one_inflation_budget() -> None:
+    # Given a request of ten parts, each a bomb just under the per-instance cap (200 MiB)
+    from dicomweb_core.instance import InflationBudget
+
+    bomb = with_meta(deflate_bomb(200 * MIB), syntax=DeflatedExplicitVRLittleEndian)
+    budget = InflationBudget(Limits().max_inflated_bytes)
+    # When they are read one after the other with the request's budget, measured
+    started = time.perf_counter()
+    outcomes = []
+    for _ in range(10):
+        try:
+            read_instance(bomb, limits=Limits(), budget=budget)
+            outcomes.append("accepted")
+        except InstanceRejected as rejected:
+            outcomes.append(rejected.failure.message)
+    elapsed = time.perf_counter() - started
+    # Then at most about one cap of inflation is spent for the whole request: after the
+    # budget runs out, every further deflated part is refused at once
+    assert budget.remaining == 0
+    refused = [o for o in outcomes if "together inflate" in o]
+    assert len(refused) >= 8, outcomes
+    assert elapsed < 15, elapsed
+
+
 # ====================================================================== 5. UID path traversal
 TRAVERSALS = [
     "..",

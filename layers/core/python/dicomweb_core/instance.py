@@ -112,7 +112,17 @@ class ReceivedInstance:
         return len(self.data)
 
 
-def read_instance(data: bytes | memoryview, *, limits: Limits) -> ReceivedInstance:
+class InflationBudget:
+    """What all deflated parts of one request may inflate to together, so a request of many
+    small deflate bombs costs bounded CPU, not one bounded inflation per part."""
+
+    def __init__(self, total: int) -> None:
+        self.remaining = total
+
+
+def read_instance(
+    data: bytes | memoryview, *, limits: Limits, budget: InflationBudget | None = None
+) -> ReceivedInstance:
     """Validate one Part 10 object and return what STOW-RS stores and indexes.
 
     Raises :class:`InstanceRejected` with the DICOM failure reason and a message that
@@ -121,7 +131,7 @@ def read_instance(data: bytes | memoryview, *, limits: Limits) -> ReceivedInstan
     stored = _zero_preamble(data)
     transfer_syntax, meta_end = _read_file_meta(stored)
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        _check_inflated_size(stored, meta_end, limits=limits)
+        _check_inflated_size(stored, meta_end, limits=limits, budget=budget)
     dataset = _parse(stored)
     sop_class = _uid_or_none(dataset, "SOPClassUID")
     sop_instance = _uid_or_none(dataset, "SOPInstanceUID")
@@ -245,7 +255,9 @@ def _supported_transfer_syntax(uid: str) -> str:
     return uid
 
 
-def _check_inflated_size(data: bytes, meta_end: int, *, limits: Limits) -> None:
+def _check_inflated_size(
+    data: bytes, meta_end: int, *, limits: Limits, budget: InflationBudget | None
+) -> None:
     """Inflate in bounded steps so a deflate bomb costs bounded memory (PS3.5 §A.5)."""
     if data[meta_end : meta_end + 2] == b"\0\0":
         # pydicom would first read these bytes as uncompressed Command Set (0000,eeee)
@@ -254,12 +266,15 @@ def _check_inflated_size(data: bytes, meta_end: int, *, limits: Limits) -> None:
             FailureReason.CANNOT_UNDERSTAND,
             "the deflated data set starts with Command Set (0000,eeee) elements.",
         )
+    per_request = budget is not None and budget.remaining < limits.max_inflated_bytes
+    cap = (
+        min(limits.max_inflated_bytes, budget.remaining) if budget is not None else limits.max_inflated_bytes
+    )
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    budget = limits.max_inflated_bytes
     pending = data[meta_end:]
     total = 0
     try:
-        while pending and total <= budget:
+        while pending and total <= cap:
             chunk = inflater.decompress(pending, 1 << 20)
             total += len(chunk)
             pending = inflater.unconsumed_tail
@@ -267,10 +282,18 @@ def _check_inflated_size(data: bytes, meta_end: int, *, limits: Limits) -> None:
         raise InstanceRejected(
             FailureReason.CANNOT_UNDERSTAND, "the deflated data set is not valid deflate data."
         ) from exc
-    if total > budget:
+    finally:
+        if budget is not None:
+            budget.remaining = max(0, budget.remaining - total)
+    if total > cap:
+        where = (
+            "the deflated parts of this request together inflate to"
+            if per_request
+            else "the deflated data set inflates to"
+        )
         raise InstanceRejected(
             FailureReason.OUT_OF_RESOURCES,
-            f"the deflated data set inflates to more than {_describe_size(budget)}; refused.",
+            f"{where} more than {_describe_size(limits.max_inflated_bytes)}; refused.",
         )
 
 

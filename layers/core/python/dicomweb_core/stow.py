@@ -21,7 +21,7 @@ from dicomweb_core.errors import BadRequest, UnsupportedMediaType
 from dicomweb_core.events import INSTANCE_STORED, EventPublisher
 from dicomweb_core.failures import Failure, FailureReason, InstanceRejected, WarningReason
 from dicomweb_core.index.writer import AlreadyIndexed, ExistingInstance, IndexWriter, StoredObject
-from dicomweb_core.instance import ReceivedInstance, read_instance
+from dicomweb_core.instance import InflationBudget, ReceivedInstance, read_instance
 from dicomweb_core.mediatype import parse_media_type
 from dicomweb_core.multipart import boundary_of, split_parts
 from dicomweb_core.observability import logger
@@ -124,16 +124,19 @@ class StowService:
 
     def store_all(self, payloads: Sequence[memoryview], *, study: str | None) -> StoreOutcome:
         outcome = StoreOutcome()
+        budget = InflationBudget(self.settings.limits.max_inflated_bytes)  # for the whole request
         for payload in payloads:
             try:
-                outcome.stored.append(self.store_one(payload, study=study))
+                outcome.stored.append(self.store_one(payload, study=study, budget=budget))
             except InstanceRejected as rejected:
                 outcome.failures.append(rejected.failure)
         self._publish(outcome.stored)
         return outcome
 
-    def store_one(self, payload: memoryview, *, study: str | None) -> StoredInstance:
-        instance = read_instance(payload, limits=self.settings.limits)
+    def store_one(
+        self, payload: memoryview, *, study: str | None, budget: InflationBudget | None = None
+    ) -> StoredInstance:
+        instance = read_instance(payload, limits=self.settings.limits, budget=budget)
         if study is not None and instance.study_instance_uid != study:
             raise InstanceRejected(
                 FailureReason.STUDY_UID_MISMATCH,
