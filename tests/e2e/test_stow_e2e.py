@@ -243,6 +243,9 @@ def test_every_object_is_in_s3_as_sent_with_the_preamble_zeroed(runtime: Runtime
         assert body == zero_preamble(entry.data), entry.path.name
 
 
+INFERENCE_RESULT_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"}  # SEG, 3D SR
+
+
 def test_index_has_every_instance_and_true_study_counts(runtime: Runtime, stored: StoreRun) -> None:
     # Given every file stored
     files = corpus().primary
@@ -257,11 +260,20 @@ def test_index_has_every_instance_and_true_study_counts(runtime: Runtime, stored
         assert item["series_uid"]["S"] == entry.series
         assert item["s3_key"]["S"] == entry.key
         assert item["sha256"]["S"] == entry.sha256
-    # And each study item counts exactly the instances and series the files hold
+    # And each study item counts exactly the instances and series the files hold, plus the
+    # AI results the inference hook added to CT studies (SEG and SR, nothing else)
     instances: Counter[str] = Counter(f.study for f in files)
     series: defaultdict[str, set[str]] = defaultdict(set)
     for entry in files:
         series[entry.study].add(entry.series)
+    ours = {f"SOP#{f.sop}" for f in files}
+    for pk, item in sop_items.items():
+        study = item["study_uid"]["S"]
+        if pk in ours or study not in instances:
+            continue
+        assert item["sop_class_uid"]["S"] in INFERENCE_RESULT_CLASSES, item
+        instances[study] += 1
+        series[study].add(item["series_uid"]["S"])
     studies = {item["pk"]["S"]: item for item in items if item["sk"]["S"] == "STUDY"}
     for study, count in instances.items():
         item = studies.get(f"STUDY#{study}")

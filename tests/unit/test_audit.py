@@ -164,7 +164,12 @@ def test_the_template_sends_audit_records_and_api_access_logs_to_one_retained_gr
     assert "$context.authorizer.error" in access["Format"]
     for name in template.functions():
         policies = template.resources[name]["Properties"].get("Policies", [])
-        emits = name not in {"StabilityFunction", "GroupScopesFunction", "SeriesMetadataFunction"}
+        emits = name not in {
+            "StabilityFunction",
+            "GroupScopesFunction",
+            "SeriesMetadataFunction",
+            "BundleFunction",
+        }
         assert ({"Ref": "AuditWritePolicy"} in policies) is emits, name
 
 
