@@ -328,8 +328,12 @@ def http_message(
     parameters = event.get("pathParameters") or {}
     in_path = Subject(parameters.get("study"), parameters.get("series"), parameters.get("instance"))
     primary = not str(event.get("rawPath", "")).startswith("/deid")
+    noted = [s for s in subjects if s.study != in_path.study or in_path.study is None]
+    for subject in subjects:  # what the handler learnt about the path's own study
+        if in_path.study is not None and subject.study == in_path.study and subject.patient_id:
+            in_path = replace(in_path, patient_id=subject.patient_id)
     objects: list[dict[str, Any]] = []
-    for subject in (in_path, *subjects):
+    for subject in (in_path, *noted):
         known = subject
         if subject.study and primary and patient_of is not None and subject.patient_id is None:
             known = replace(subject, patient_id=patient_of(subject.study))

@@ -17,6 +17,7 @@ INSTANCE_STORED = "InstanceStored"
 SERIES_STABLE = "SeriesStable"
 STUDY_STABLE = "StudyStable"
 INFERENCE_COMPLETED = "InferenceCompleted"
+STUDY_DELETED = "StudyDeleted"
 _BATCH = 10  # PutEvents accepts at most 10 entries per call
 
 

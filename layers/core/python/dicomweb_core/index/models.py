@@ -201,6 +201,17 @@ class InferenceRunItem(IndexItem, discriminator="inference-run"):
         return study_pk(study), f"RUN#{series}#{version}#{model}#{model_version}"
 
 
+class DeletedStudyItem(IndexItem, discriminator="deleted-study"):
+    """A tombstone: the study was deleted, so its UIDs answer 410 Gone instead of 404."""
+
+    study_uid = UnicodeAttribute()
+    instance_count = NumberAttribute(default=0)  # how many instances it held
+
+    @staticmethod
+    def key(study: str) -> tuple[str, str]:
+        return study_pk(study), "DELETED"
+
+
 class PostingItem(IndexItem, discriminator="posting"):
     """One term of a multi-valued search key (name words, suffixes, request IDs)."""
 
@@ -223,6 +234,8 @@ MODELS: tuple[type[IndexItem], ...] = (
     SeriesItem,
     InstanceItem,
     SopItem,
+    InferenceRunItem,
+    DeletedStudyItem,
     PostingItem,
     RegistryItem,
 )

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 
-from dicomweb_core.errors import NotFound
+from dicomweb_core.errors import Gone, NotFound
 from dicomweb_core.index import keys
-from dicomweb_core.index.models import IndexItem, InstanceItem, SeriesItem, StudyItem, study_pk
+from dicomweb_core.index.models import (
+    DeletedStudyItem,
+    IndexItem,
+    InstanceItem,
+    SeriesItem,
+    StudyItem,
+    study_pk,
+)
 from dicomweb_core.uri import DicomWebURI
 
 
@@ -39,14 +46,23 @@ def series_item(study: str, series: str) -> SeriesItem:
     try:
         return SeriesItem.get(*SeriesItem.key(study, series), consistent_read=True)
     except SeriesItem.DoesNotExist:
-        raise NotFound("No such series.") from None
+        raise missing(study, "series") from None
 
 
 def study_item(study: str) -> StudyItem:
     try:
         return StudyItem.get(*StudyItem.key(study), consistent_read=True)
     except StudyItem.DoesNotExist:
-        raise NotFound("No such study.") from None
+        raise missing(study, "study") from None
+
+
+def missing(study: str, what: str) -> NotFound | Gone:
+    """404 for what never existed; 410 Gone when its study was deleted (a tombstone remains)."""
+    try:
+        DeletedStudyItem.get(*DeletedStudyItem.key(study), consistent_read=True)
+    except DeletedStudyItem.DoesNotExist:
+        return NotFound(f"No such {what}.")
+    return Gone(f"The {what} was deleted (its study was deleted).")
 
 
 def instances_of(uri: DicomWebURI) -> list[InstanceItem]:
@@ -59,7 +75,7 @@ def instances_of(uri: DicomWebURI) -> list[InstanceItem]:
                 InstanceItem.get(*InstanceItem.key(uri.study, uri.series, uri.instance), consistent_read=True)
             ]
         except InstanceItem.DoesNotExist:
-            raise NotFound("No such instance.") from None
+            raise missing(uri.study, "instance") from None
     prefix = f"INSTANCE#{uri.series}#" if uri.series is not None else "INSTANCE#"
     items = [
         i
@@ -67,7 +83,7 @@ def instances_of(uri: DicomWebURI) -> list[InstanceItem]:
         if isinstance(i, InstanceItem)
     ]
     if not items:
-        raise NotFound(f"No such {uri.resource_type.value}.")
+        raise missing(uri.study, uri.resource_type.value)
     if uri.series is not None:
         return sorted(items, key=instance_order)
     rank = {s.series_uid: n for n, s in enumerate(series_of(uri.study))}

@@ -28,7 +28,7 @@ from dicomweb_core.dicom_xml import to_xml
 from dicomweb_core.errors import BadRequest, NotAcceptable, NotFound, PayloadTooLarge
 from dicomweb_core.frames import FrameIndex
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
-from dicomweb_core.index.reader import instances_of, series_item, series_of, study_item
+from dicomweb_core.index.reader import instances_of, missing, series_item, series_of, study_item
 from dicomweb_core.mediatype import MediaType
 from dicomweb_core.metadata import render
 from dicomweb_core.multipart import encode_multipart, multipart_content_type
@@ -162,7 +162,7 @@ class RetrieveService:
         else:
             all_series = series_of(uri.study)
             if not all_series:
-                raise NotFound("No such study.")
+                raise missing(uri.study, "study")
             versions = [s.version for s in all_series]
             version = hashlib.sha256("|".join(versions).encode()).hexdigest()[:32]
             if _etag_matches(request.if_none_match, version):
