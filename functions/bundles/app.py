@@ -17,13 +17,14 @@ from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.uid import validate_uid
 from dicomweb_core.wado.bundles import BundleBuilder, BundleComposer
-from dicomweb_core.wado.service import instance_in_syntax
+from dicomweb_core.wado.service import StoredFrameDecoder, instance_in_syntax
 
 SETTINGS = settings()
 READER = ObjectReader(SETTINGS.bucket_name)
 BUILDER = BundleBuilder(
     composer=BundleComposer(SETTINGS.bucket_name, READER),
     convert=lambda item, syntax: instance_in_syntax(READER, item, syntax),
+    frames=StoredFrameDecoder(READER),
 )
 processor = BatchProcessor(event_type=EventType.SQS)
 

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import boto3
+import numpy
 import pytest
 
 from dicomweb_core import config
@@ -23,7 +24,7 @@ from dicomweb_core.storage import ObjectReader
 from dicomweb_core.stow import StowService
 from dicomweb_core.wado import bundles, media
 from dicomweb_core.wado.bundles import MIN_PART, BundleBuilder, BundleComposer, ObjectRange
-from dicomweb_core.wado.service import instance_in_syntax
+from dicomweb_core.wado.service import StoredFrameDecoder, instance_in_syntax
 from infra.local.provision import Stack
 from infra.samtemplate import load_template, object_routes
 from tests.generate import make_dataset, new_uid, to_part10
@@ -69,6 +70,7 @@ class Env:
         return BundleBuilder(
             composer=BundleComposer(self.bucket, reader),
             convert=lambda item, syntax: instance_in_syntax(reader, item, syntax),
+            frames=StoredFrameDecoder(reader),
         )
 
     def follow(self, location: str) -> tuple[str, bytes]:
@@ -239,3 +241,66 @@ def test_a_new_series_version_replaces_the_old_bundles(env: Env) -> None:
     answer = env.get(f"/studies/{study}/series/{series}", DICOM_MULTIPART)
     content_type, body = env.follow(answer["headers"]["Location"])
     assert len(_parts(content_type, body)) == 4
+
+
+# ------------------------------------------------------------------------ frames
+OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+
+
+def _single_part(content_type: str, body: bytes) -> bytes:
+    (part,) = _parts(content_type, body)
+    return part
+
+
+def test_a_large_frame_and_its_pixel_data_redirect_to_a_prebuilt_part(env: Env) -> None:
+    # Given a single-frame native image of 10 MB (a large radiograph stored uncompressed)
+    study, series = new_uid(), new_uid()
+    ds = make_dataset(study=study, series=series, rows=2500, columns=2000)
+    ds.PixelData = os.urandom(2500 * 2000 * 2)
+    env.store(to_part10(ds))
+    instance = f"/studies/{study}/series/{series}/instances/{ds.SOPInstanceUID}"
+    # When OHIF asks for its frame before the series is stable, Then 413 with Retry-After
+    early = env.get(f"{instance}/frames/1", OHIF_FRAMES)
+    assert early["statusCode"] == 413 and early["headers"]["Retry-After"] == "60"
+    # When the bundle hook has run
+    env.builder().build_series(study, series, SeriesItem.get(*SeriesItem.key(study, series)).version)
+    # Then the frame (as stored, and by default) and the pixel data bulk data all redirect to
+    # one pre-built part that is exactly the pixel bytes
+    for path, accept in (
+        (f"{instance}/frames/1", OHIF_FRAMES),
+        (f"{instance}/frames/1", None),
+        (f"{instance}/bulkdata/7FE00010", None),
+    ):
+        answer = env.get(path, accept)
+        assert answer["statusCode"] == 303, (path, accept, answer.get("body"))
+        assert ".frame-1.multipart" in answer["headers"]["Location"]
+        content_type, body = env.follow(answer["headers"]["Location"])
+        assert 'type="application/octet-stream"' in content_type
+        assert _single_part(content_type, body) == ds.PixelData
+
+
+def test_a_large_compressed_frame_is_prebuilt_decompressed(env: Env) -> None:
+    # Given an RLE-compressed image that is small as stored but 6 MB decompressed
+    from pydicom.uid import RLELossless
+
+    study, series = new_uid(), new_uid()
+    ds = make_dataset(study=study, series=series, rows=2048, columns=1536)
+    rows = numpy.repeat(numpy.arange(2048, dtype=numpy.uint16)[:, None] * 7, 1536, axis=1)  # a ramp
+    ds.PixelData = rows.tobytes()
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    expected = ds.pixel_array.tobytes()
+    data = to_part10(ds)
+    assert len(data) < 4_400_000 < len(expected)
+    env.store(data)
+    frame = f"/studies/{study}/series/{series}/instances/{ds.SOPInstanceUID}/frames/1"
+    # When it is asked for uncompressed (the default) before and after the hook ran
+    assert env.get(frame)["statusCode"] == 413
+    # (a small series: no series bundle is needed, but its large decoded frame is)
+    env.builder().build_series(study, series, SeriesItem.get(*SeriesItem.key(study, series)).version)
+    answer = env.get(frame)
+    # Then it redirects to the decompressed frame, pixel-exact with pydicom's decoding
+    assert answer["statusCode"] == 303, answer.get("body")
+    content_type, body = env.follow(answer["headers"]["Location"])
+    assert _single_part(content_type, body) == expected
+    # And as stored it is small enough to come directly
+    assert env.get(frame, OHIF_FRAMES)["statusCode"] == 200

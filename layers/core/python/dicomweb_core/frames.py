@@ -11,6 +11,7 @@ cannot be assigned) has no index and is served by reading the whole object.
 from __future__ import annotations
 
 import io
+import json
 import struct
 from dataclasses import dataclass
 
@@ -41,6 +42,18 @@ class FrameIndex:
     @classmethod
     def from_json(cls, frames: list[list[list[int]]], *, encapsulated: bool) -> FrameIndex:
         return cls(tuple(tuple((int(o), int(n)) for o, n in frame) for frame in frames), encapsulated)
+
+    @classmethod
+    def from_document(cls, text: str | None) -> FrameIndex | None:
+        """The index as the index item stores it (``InstanceItem.frame_index``), if any."""
+        if not text:
+            return None
+        document = json.loads(text)
+        return cls.from_json(document["frames"], encapsulated=bool(document["encapsulated"]))
+
+    def frame_size(self, number: int) -> int:
+        """Bytes of frame ``number`` (1-based) as stored."""
+        return sum(length for _, length in self.frames[number - 1])
 
 
 def frame_index(dataset: Dataset, data: bytes, transfer_syntax_uid: str) -> FrameIndex | None:

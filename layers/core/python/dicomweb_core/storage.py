@@ -145,16 +145,20 @@ class ObjectReader:
     @cached_property
     def _presigner(self) -> S3Client:
         """SigV4 URLs; in AWS virtual-hosted on the regional endpoint (CloudFront's S3 origin)."""
-        if self._client is not None:
-            return self.client
+        sigv4 = Config(signature_version="s3v4")
+        if self._client is not None:  # the caller's endpoint and region
+            meta = self._client.meta
+            return boto3.client(
+                "s3", endpoint_url=meta.endpoint_url, region_name=meta.region_name, config=sigv4
+            )
         if os.environ.get("AWS_ENDPOINT_URL"):  # a local endpoint: path-style
-            return boto3.client("s3", config=Config(signature_version="s3v4"))
+            return boto3.client("s3", config=sigv4)
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         return boto3.client(
             "s3",
             region_name=region,
             endpoint_url=f"https://s3.{region}.amazonaws.com",
-            config=Config(signature_version="s3v4", s3={"addressing_style": "virtual"}),
+            config=sigv4.merge(Config(s3={"addressing_style": "virtual"})),
         )
 
 

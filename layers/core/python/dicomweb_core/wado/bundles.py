@@ -27,12 +27,14 @@ the series/study version; the index records which version has bundles
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pynamodb.exceptions import UpdateError
 
+from dicomweb_core.frames import FrameIndex
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.reader import instances_of
 from dicomweb_core.multipart import closing_delimiter, multipart_content_type, new_boundary, part_opening
@@ -45,10 +47,13 @@ BUFFER_TARGET = 8 * 1024 * 1024
 RESPONSE_LIMIT = 4_400_000  # raw bytes a Lambda response can carry (base64 under 6 MB)
 
 
-def bundle_key(version: str, syntax: str, study: str, series: str = "-", instance: str = "-") -> str:
+def bundle_key(
+    version: str, syntax: str, study: str, series: str = "-", instance: str = "-", *, frame: int | None = None
+) -> str:
     """Where the bundle of a resource version in a transfer syntax (``*``: as stored) lives."""
     tag = "stored" if syntax == media.AS_STORED else syntax
-    return f"bundles/{study}/{series}/{instance}/{version}/{tag}.multipart"
+    suffix = f".frame-{frame}" if frame is not None else ""
+    return f"bundles/{study}/{series}/{instance}/{version}/{tag}{suffix}.multipart"
 
 
 def syntaxes(items: Sequence[InstanceItem]) -> list[str]:
@@ -183,13 +188,31 @@ def multipart_segments(
     return segments, content_type
 
 
+def frame_segments(label: str, body: Sequence[Segment], size: int) -> tuple[list[Segment], str]:
+    """One frame (or bulk data value) as ``multipart/related; type="application/octet-stream"``."""
+    boundary = new_boundary()
+    headers = {"Content-Type": f"{media.OCTET_STREAM}; transfer-syntax={label}"}
+    segments: list[Segment] = [part_opening(boundary, headers, size, 1), *body, b"\r\n"]
+    segments.append(closing_delimiter(boundary))
+    return segments, multipart_content_type(boundary, media.OCTET_STREAM)
+
+
 # ---------------------------------------------------------------------- the hook
+class FrameDecoder(Protocol):
+    def decoded_size(self, item: InstanceItem) -> int:
+        """Bytes of one decompressed frame of the instance (0 when unknown)."""
+
+    def decode(self, item: InstanceItem, number: int) -> bytes | None:
+        """Frame ``number`` decompressed, or None when the codecs cannot decode it."""
+
+
 @dataclass
 class BundleBuilder:
     """Builds the bundles of a stable series or study version (the bundle hook)."""
 
     composer: BundleComposer
     convert: Callable[[InstanceItem, str], bytes]
+    frames: FrameDecoder | None = None  # decompresses large compressed frames (imaging layer)
 
     def build_series(self, study: str, series: str, version: str) -> str:
         try:
@@ -201,13 +224,17 @@ class BundleBuilder:
         if current.bundle_version == version:
             return "exists"
         items = instances_of(DicomWebURI("", study=study, series=series))
-        if not needs_bundle(items):
+        written = 0
+        if needs_bundle(items):
+            for syntax in syntaxes(items):
+                self._write(items, syntax, bundle_key(version, syntax, study, series))
+                for item in items:
+                    if needs_bundle([item]):
+                        self._write([item], syntax, bundle_key(version, syntax, study, series, item.sop_uid))
+            written += 1
+        written += sum(self._write_large_frames(item, version) for item in items)
+        if not written:
             return "small"
-        for syntax in syntaxes(items):
-            self._write(items, syntax, bundle_key(version, syntax, study, series))
-            for item in items:
-                if needs_bundle([item]):
-                    self._write([item], syntax, bundle_key(version, syntax, study, series, item.sop_uid))
         outcome = self._record(current, SeriesItem)
         if outcome == "built":
             self._remove_superseded(f"bundles/{study}/{series}/", version)
@@ -247,6 +274,35 @@ class BundleBuilder:
             client.delete_objects(
                 Bucket=self.composer.bucket, Delete={"Objects": stale[start : start + 1000]}
             )
+
+    def _write_large_frames(self, item: InstanceItem, version: str) -> int:
+        """Frames over the limit (as stored; and decompressed, for compressed pixel data)."""
+        index = FrameIndex.from_document(item.frame_index)
+        if index is None:
+            return 0
+        written = 0
+        key = functools.partial(bundle_key, version, study=item.study_uid, series=item.series_uid)
+        decoded_size = self.frames.decoded_size(item) if index.encapsulated and self.frames else 0
+        for number in range(1, len(index) + 1):
+            size = index.frame_size(number)
+            if size > RESPONSE_LIMIT:
+                ranges = [
+                    ObjectRange(item.s3_key, item.s3_version_id, offset, offset + length)
+                    for offset, length in index.frames[number - 1]
+                ]
+                segments, content_type = frame_segments(item.transfer_syntax_uid, ranges, size)
+                target = key(media.AS_STORED, instance=item.sop_uid, frame=number)
+                self.composer.compose(target, segments, content_type=content_type)
+                written += 1
+            if decoded_size > RESPONSE_LIMIT and self.frames is not None:
+                decoded = self.frames.decode(item, number)
+                if decoded is not None:
+                    syntax = media.EXPLICIT_VR_LITTLE_ENDIAN
+                    segments, content_type = frame_segments(syntax, [decoded], len(decoded))
+                    target = key(syntax, instance=item.sop_uid, frame=number)
+                    self.composer.compose(target, segments, content_type=content_type)
+                    written += 1
+        return written
 
     def _write(self, items: Sequence[InstanceItem], syntax: str, key: str) -> None:
         segments, content_type = multipart_segments(items, syntax, self.convert)

@@ -40,6 +40,7 @@ from dicomweb_core.wado import bundles, codecs, media, series_metadata
 from dicomweb_core.wado.bundles import RESPONSE_LIMIT
 
 REDIRECT_SECONDS = 300
+PIXEL_DATA_PATH = "7FE00010"
 METADATA_OFFERS = (
     MediaType(media.DICOM_JSON),
     MediaType("multipart/related", (("type", media.DICOM_XML),)),
@@ -210,14 +211,26 @@ class RetrieveService:
         etag = hashlib.sha256(f"{item.sha256}/{uri.path}/{actual}".encode()).hexdigest()[:32]
         if _etag_matches(request.if_none_match, etag):
             return _not_modified(etag)
-        pixels = self._frame_bytes(item, _frame_index(item), list(uri.frames))
-        if actual != stored and stored not in media.UNCOMPRESSED:
-            pixels = self._decoded_frames(item, list(uri.frames), pixels)
+        index = FrameIndex.from_document(item.frame_index)
+        numbers = list(uri.frames)
         part_type = (
             choice.part_type
             if choice.part_type != "*/*"
             else media.PIXEL_MEDIA_TYPES.get(actual, media.OCTET_STREAM)
         )
+        decompress = actual != stored and stored not in media.UNCOMPRESSED
+        metadata = metadata_of(self.reader, item) if decompress else None
+        if len(numbers) == 1 and index is not None and numbers[0] <= len(index):
+            size = (
+                codecs.decoded_frame_length(metadata)
+                if metadata is not None
+                else index.frame_size(numbers[0])
+            )
+            if size > RESPONSE_LIMIT:
+                return self._large_frame(uri, item, numbers[0], size, actual=actual, part_type=part_type)
+        pixels = self._frame_bytes(item, index, numbers)
+        if metadata is not None:
+            pixels = self._decoded_frames(item, numbers, pixels, metadata)
         parts = [
             (
                 {
@@ -237,15 +250,41 @@ class RetrieveService:
         body, boundary = encode_multipart(parts)
         return _response(body, multipart_content_type(boundary, part_type), cache=IMMUTABLE, etag=etag)
 
-    def _decoded_frames(self, item: InstanceItem, numbers: list[int], frames: list[bytes]) -> list[bytes]:
+    def _large_frame(
+        self, uri: DicomWebURI, item: InstanceItem, number: int, size: int, *, actual: str, part_type: str
+    ) -> Response[bytes]:
+        """One frame over the response limit: a redirect to its pre-built body (see ``bundles``)."""
+        what = f"Frame {number} is {size / 1e6:.1f} MB, more than one function response can carry"
+        if not self.public_objects:
+            raise PayloadTooLarge(f"{what}, and the research store serves no pre-built responses.")
+        stored = item.transfer_syntax_uid
+        decompressed = stored not in media.UNCOMPRESSED and actual == media.EXPLICIT_VR_LITTLE_ENDIAN
+        if part_type != media.OCTET_STREAM or not (actual == stored or decompressed):
+            raise PayloadTooLarge(
+                f"{what}; it is pre-built only as application/octet-stream, as stored (transfer-syntax=*) "
+                "or decompressed (Explicit VR Little Endian)."
+            )
+        assert uri.study is not None and uri.series is not None
+        series = series_item(uri.study, uri.series)
+        if series.bundle_version != series.version:
+            raise PayloadTooLarge(
+                f"{what}. It is prepared as a pre-built response once the series has received no new "
+                "instance for the stable age (a minute by default); retry then.",
+                retry_after=60,
+            )
+        syntax = media.EXPLICIT_VR_LITTLE_ENDIAN if decompressed else media.AS_STORED
+        key = bundles.bundle_key(series.version, syntax, uri.study, uri.series, item.sop_uid, frame=number)
+        return self._redirect(key, None, uri.base_url)
+
+    def _decoded_frames(
+        self, item: InstanceItem, numbers: list[int], frames: list[bytes], metadata: dict[str, Any]
+    ) -> list[bytes]:
         """The compressed ``frames`` decompressed to native pixel bytes (the default Accept).
 
         The decoded size is known from the metadata, so a frame that could not be sent is
         refused (413) before it is decoded; a frame the codecs cannot decode is 406.
         """
         stored = item.transfer_syntax_uid
-        key = metadata_key(item.study_uid, item.series_uid, item.sop_uid)
-        metadata = json.loads(self.reader.read(key))
         length = codecs.decoded_frame_length(metadata)
         if length > RESPONSE_LIMIT:
             largest = max(len(f) for f in frames)
@@ -291,11 +330,7 @@ class RetrieveService:
         return _frames_from_object(self.reader.read(item.s3_key, version_id=item.s3_version_id), numbers)
 
     def _read_frame(self, item: InstanceItem, fragments: Sequence[tuple[int, int]]) -> bytes:
-        """One ranged GET from the first fragment to the last, item headers sliced out."""
-        start = fragments[0][0]
-        end = fragments[-1][0] + fragments[-1][1]
-        span = self.reader.read(item.s3_key, version_id=item.s3_version_id, byte_range=(start, end - start))
-        return b"".join(span[offset - start : offset - start + length] for offset, length in fragments)
+        return read_frame(self.reader, item, fragments)
 
     # ------------------------------------------------------------------ bulk data
     def bulkdata(self, request: Request, element_path: str) -> Response[bytes]:
@@ -316,6 +351,18 @@ class RetrieveService:
             query=request.query,
             default_syntax=media.AS_STORED,
         )
+        index = FrameIndex.from_document(item.frame_index)
+        if (
+            element_path == PIXEL_DATA_PATH
+            and index is not None
+            and not index.encapsulated
+            and len(index) == 1
+        ):
+            # The pixel data of a single-frame native image is its frame 1, byte for byte.
+            size = index.frame_size(1)
+            if size > RESPONSE_LIMIT:
+                actual = _actual(choice, item)
+                return self._large_frame(uri, item, 1, size, actual=actual, part_type=media.OCTET_STREAM)
         data = self.reader.read(item.s3_key, version_id=item.s3_version_id)
         value = _element_value(data, element_path)
         if len(value) > RESPONSE_LIMIT:
@@ -364,11 +411,40 @@ def _response(
     return Response(status_code=int(HTTPStatus.OK), content_type=content_type, body=body, headers=headers)
 
 
-def _frame_index(item: InstanceItem) -> FrameIndex | None:
-    if not item.frame_index:
-        return None
-    document = json.loads(item.frame_index)
-    return FrameIndex.from_json(document["frames"], encapsulated=bool(document["encapsulated"]))
+def metadata_of(reader: ObjectReader, item: InstanceItem) -> dict[str, Any]:
+    """The instance's metadata document (DICOM JSON, built at ingest)."""
+    document: dict[str, Any] = json.loads(
+        reader.read(metadata_key(item.study_uid, item.series_uid, item.sop_uid))
+    )
+    return document
+
+
+def read_frame(reader: ObjectReader, item: InstanceItem, fragments: Sequence[tuple[int, int]]) -> bytes:
+    """One ranged GET from the first fragment to the last, item headers sliced out."""
+    start = fragments[0][0]
+    end = fragments[-1][0] + fragments[-1][1]
+    span = reader.read(item.s3_key, version_id=item.s3_version_id, byte_range=(start, end - start))
+    return b"".join(span[offset - start : offset - start + length] for offset, length in fragments)
+
+
+class StoredFrameDecoder:
+    """Decompresses single frames read by range (the bundle hook's large frames)."""
+
+    def __init__(self, reader: ObjectReader) -> None:
+        self.reader = reader
+
+    def decoded_size(self, item: InstanceItem) -> int:
+        return codecs.decoded_frame_length(metadata_of(self.reader, item))
+
+    def decode(self, item: InstanceItem, number: int) -> bytes | None:
+        index = FrameIndex.from_document(item.frame_index)
+        assert index is not None
+        codestream = read_frame(self.reader, item, index.frames[number - 1])
+        try:
+            return codecs.decode_frame(codestream, item.transfer_syntax_uid, metadata_of(self.reader, item))
+        except codecs.CannotDecode:
+            logger.warning("a large frame cannot be decoded", extra={"frame": number})
+            return None
 
 
 def instance_in_syntax(reader: ObjectReader, item: InstanceItem, syntax: str) -> bytes:
