@@ -30,9 +30,9 @@ from dicomweb_core.instance import ReceivedInstance
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
 from dicomweb_core.qido.search import search
-from infra.bench.stow import free_port
+from infra.bench.stow import bench_options
 from infra.local.provision import ACCOUNT_ID
-from infra.local.serve import REGION, LocalStack, Options
+from infra.local.serve import REGION, LocalStack
 
 FAMILY_NAMES = [
     "Smith",
@@ -290,7 +290,7 @@ def run(*, quick: bool = False) -> str:
     runs = 5 if quick else 20
     tables = []
     with tempfile.TemporaryDirectory() as local_dir:
-        options = Options("127.0.0.1", free_port(), Path(local_dir), True, None, (), persist=False)
+        options = bench_options(Path(local_dir))
         stack = LocalStack(options)
         stack.start()
         try:

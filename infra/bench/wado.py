@@ -25,8 +25,8 @@ from dicomweb_core.multipart import split_parts
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.uri import DicomWebURI
 from dicomweb_core.wado.service import Request, RetrieveService
-from infra.bench.stow import _batches, _post, ct_series, free_port
-from infra.local.serve import LocalStack, Options
+from infra.bench.stow import _batches, _post, bench_options, ct_series
+from infra.local.serve import LocalStack
 from tests.dicom_files import test_file
 
 
@@ -139,7 +139,7 @@ def run(*, quick: bool = False) -> str:
     ohif = "multipart/related; type=application/octet-stream; transfer-syntax=*"
     compressed = test_file("emri_small_jpeg_2k_lossless.dcm").read_bytes()
     with tempfile.TemporaryDirectory() as local_dir:
-        stack = LocalStack(Options("127.0.0.1", free_port(), Path(local_dir), True, None, (), persist=False))
+        stack = LocalStack(bench_options(Path(local_dir)))
         stack.start()
         try:
             bench = _bench(stack)
