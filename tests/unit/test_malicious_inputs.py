@@ -7,8 +7,8 @@ Where each class is tested (here, and in tests that existed before this module):
    - tests/unit/test_instance.py::test_executable_preamble_is_zeroed_and_the_rest_kept_byte_for_byte
    - tests/unit/test_instance.py::test_any_bytes_like_input_is_read_the_same
 2. Huge declared lengths (an element, item or part claiming gigabytes)
-   - here: ``test_huge_declared_lengths_are_rejected_in_bounded_time_and_memory`` (one case,
-     an item length inside a defined-length sequence, is a known gap: strict xfail),
+   - here: ``test_huge_declared_lengths_are_rejected_in_bounded_time_and_memory`` (including
+     an item length inside a defined-length sequence),
      ``test_huge_file_meta_group_length_is_not_trusted``,
      ``test_huge_part_content_length_is_ignored_for_framing``,
      ``test_more_parts_than_allowed_are_refused_with_413``
@@ -271,7 +271,7 @@ HUGE = _huge_lengths()
 # its sequence goes and accepted: pydicom keeps no item lengths, so the element check of
 # instance.py does not see it. Parsing stays bounded (nothing near 4 GiB is allocated), but
 # the stored object carries the lying length to clients that retrieve it as stored.
-KNOWN_GAPS = {"item-in-sequence"}
+KNOWN_GAPS: set[str] = set()  # none left (item lengths are checked since session 2)
 
 
 @pytest.mark.parametrize(

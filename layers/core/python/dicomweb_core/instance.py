@@ -357,6 +357,7 @@ def _check_elements(dataset: Dataset, *, depth: int, limits: Limits) -> None:
             _check_complete(raw)
             if not _may_be_sequence(raw):
                 continue
+            _check_item_lengths(raw)
         element = dataset[tag]
         if element.VR == "SQ":
             for item in element.value:
@@ -375,6 +376,34 @@ def _check_complete(raw: RawDataElement) -> None:
             f"element {BaseTag(raw.tag)} declares {raw.length} bytes but only {present} follow: "
             "the file is truncated or its lengths are corrupt.",
         )
+
+
+_ITEM = (0xFFFE, 0xE000)
+
+
+def _check_item_lengths(raw: RawDataElement) -> None:
+    """No item of a defined-length sequence declares more bytes than the sequence holds.
+
+    pydicom keeps no item lengths, so a lie there would survive parsing and be passed on to
+    clients that retrieve the object as stored. Only item headers are read; undefined-length
+    items end at their delimiter, inside the sequence's own bound. (Item headers of the
+    retired big-endian syntax do not match and are not checked.)"""
+    value = raw.value
+    if raw.length == UNDEFINED_LENGTH or not isinstance(value, bytes | bytearray):
+        return
+    position = 0
+    while position + 8 <= len(value):
+        group, element, length = struct.unpack_from("<HHI", value, position)
+        if (group, element) != _ITEM or length == UNDEFINED_LENGTH:
+            return
+        position += 8
+        if length > len(value) - position:
+            raise InstanceRejected(
+                FailureReason.CANNOT_UNDERSTAND,
+                f"an item of sequence {BaseTag(raw.tag)} declares {length} bytes but only "
+                f"{len(value) - position} remain in the sequence: its lengths are corrupt.",
+            )
+        position += length
 
 
 def _may_be_sequence(raw: RawDataElement) -> bool:
