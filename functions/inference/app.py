@@ -18,7 +18,7 @@ from dicomweb_core.config import settings
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.inference.model import load_models
-from dicomweb_core.inference.pipeline import InferencePipeline
+from dicomweb_core.inference.pipeline import InferencePipeline, Selection
 from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow import StowService
@@ -32,6 +32,7 @@ PIPELINE = InferencePipeline(
         settings=SETTINGS, store=S3InstanceStore(SETTINGS.bucket_name), index=IndexWriter(), events=EVENTS
     ),
     events=EVENTS,
+    selection=Selection.from_environ(os.environ),
 )
 processor = BatchProcessor(event_type=EventType.SQS)
 

@@ -269,3 +269,25 @@ def test_a_rerun_after_a_crash_before_the_run_record_stores_the_same_objects(env
     assert again.status == "completed"
     assert {r["sopInstanceUID"] for r in again.results} == {r["sopInstanceUID"] for r in first.results}
     assert len(env.study_objects(detail["studyInstanceUID"])[SEG_STORAGE]) == 1
+
+
+def test_body_part_and_sop_class_parameters_select_the_series(env: InferenceEnv) -> None:
+    from dicomweb_core.inference.pipeline import Selection
+
+    _datasets, detail = env.store_series()
+    chest_only = Selection.from_environ({"INFERENCE_BODY_PARTS": "CHEST", "INFERENCE_SOP_CLASSES": "*"})
+    pipeline = env.pipeline()
+    pipeline.selection = chest_only
+    assert pipeline.process({**detail, "bodyPartExamined": "ABDOMEN"}) == []
+    mr_only = Selection.from_environ({"INFERENCE_SOP_CLASSES": "1.2.840.10008.5.1.4.1.1.4"})
+    pipeline.selection = mr_only
+    assert pipeline.process(detail) == []
+    pipeline.selection = Selection.from_environ({"INFERENCE_BODY_PARTS": "chest,*"})
+    (outcome,) = pipeline.process({**detail, "bodyPartExamined": "ABDOMEN"})
+    assert outcome.status == "completed"
+
+
+def test_the_template_passes_the_selection_parameters() -> None:
+    variables = load_template().resources["InferenceFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["INFERENCE_BODY_PARTS"] == {"Fn::Join": [",", {"Ref": "InferenceBodyParts"}]}
+    assert variables["INFERENCE_SOP_CLASSES"] == {"Fn::Join": [",", {"Ref": "InferenceSopClasses"}]}

@@ -54,6 +54,28 @@ class Bounds:
 
 
 @dataclass(frozen=True, slots=True)
+class Selection:
+    """Which stable series go to the models at all (beyond the rule's modality filter):
+    body parts and SOP classes, from the template's parameters; ``*`` admits any."""
+
+    body_parts: frozenset[str] = frozenset({"*"})
+    sop_classes: frozenset[str] = frozenset({"*"})
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Selection:
+        def values(name: str) -> frozenset[str]:
+            found = frozenset(v.strip().upper() for v in environ.get(name, "*").split(",") if v.strip())
+            return found or frozenset({"*"})
+
+        return cls(values("INFERENCE_BODY_PARTS"), values("INFERENCE_SOP_CLASSES"))
+
+    def admits(self, series: SeriesDescriptor) -> bool:
+        return ("*" in self.body_parts or (series.body_part or "").upper() in self.body_parts) and (
+            "*" in self.sop_classes or series.sop_class_uid.upper() in self.sop_classes
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RunOutcome:
     model: str
     status: str  # "completed", "declined", "skipped-done", "skipped-changed", "too-large"
@@ -67,10 +89,13 @@ class InferencePipeline:
     stow: StowService
     events: EventPublisher
     bounds: Bounds = field(default_factory=Bounds)
+    selection: Selection = field(default_factory=Selection)
 
     def process(self, detail: Mapping[str, Any]) -> list[RunOutcome]:
         series = _descriptor(detail)
         version = str(detail["seriesVersion"])
+        if not self.selection.admits(series):
+            return []
         chosen = [m for m in self.models if m.accepts(series)]
         if not chosen:
             return []
