@@ -56,3 +56,9 @@ def stow_service(settings: Settings) -> StowService:
         index=IndexWriter(),
         events=EventPublisher(settings.event_bus_name),
     )
+
+
+def store_ok(stow: StowService, *payloads: bytes) -> None:
+    """Store Part 10 payloads through the ingest service; every one must be stored."""
+    outcome = stow.store_all([memoryview(p) for p in payloads], study=None)
+    assert not outcome.failures, outcome.failures

@@ -73,12 +73,11 @@ def handle(record: SQSRecord) -> None:
 
 def _audit_record(subject: audit.Subject, outcome: int, status: str) -> dict[str, Any]:
     """De-identification exports an instance to the research store (PS3.15 A.5.3.8 Export)."""
-    return audit.record(
+    return audit.hook_record(
         audit.AuditEvent.EXPORT,
         action="R",
+        subject=subject,
         outcome=outcome,
-        requestor=audit.SYSTEM,
-        objects=subject.participants(),
         description=f"de-identification: {status}",
     )
 

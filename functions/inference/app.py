@@ -54,12 +54,11 @@ def handle(record: SQSRecord) -> None:
 
 def _audit_record(subject: audit.Subject, outcome: int, description: str) -> dict[str, Any]:
     """A model read the series' instances (PS3.15 A.5.3.2 DICOM Instances Accessed)."""
-    return audit.record(
+    return audit.hook_record(
         audit.AuditEvent.INSTANCES_ACCESSED,
         action="E",
+        subject=subject,
         outcome=outcome,
-        requestor=audit.SYSTEM,
-        objects=subject.participants(),
         description=f"inference: {description}",
     )
 

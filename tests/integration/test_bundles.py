@@ -30,7 +30,7 @@ from infra.samtemplate import load_template, object_routes
 from tests.generate import make_dataset, new_uid, to_part10
 from tests.integration.test_wado_service import follow_presigned, wado_event
 from tests.lambda_harness import LambdaContext, load_handler
-from tests.moto_stack import provisioned, stow_service
+from tests.moto_stack import provisioned, store_ok, stow_service
 
 PUBLIC = "https://dicom.example.test"
 DICOM_MULTIPART = 'multipart/related; type="application/dicom"'
@@ -55,8 +55,7 @@ class Env:
         return self.stow.settings.bucket_name
 
     def store(self, *payloads: bytes) -> None:
-        outcome = self.stow.store_all([memoryview(p) for p in payloads], study=None)
-        assert not outcome.failures, outcome.failures
+        store_ok(self.stow, *payloads)
 
     def get(self, path: str, accept: str | None = None) -> dict[str, Any]:
         response = self.wado.handler(

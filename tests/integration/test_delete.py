@@ -21,7 +21,7 @@ from infra.samtemplate import load_template
 from tests.generate import make_dataset, new_uid, to_part10
 from tests.integration.test_wado_service import wado_event
 from tests.lambda_harness import LambdaContext, load_handler, route_for
-from tests.moto_stack import provisioned, stow_service
+from tests.moto_stack import provisioned, store_ok, stow_service
 
 
 def delete_event(path: str, scopes: tuple[str, ...] = ("dicomweb/delete",)) -> dict[str, Any]:
@@ -59,8 +59,7 @@ class Env:
         return self.stow.settings.bucket_name
 
     def store(self, *payloads: bytes) -> None:
-        outcome = self.stow.store_all([memoryview(p) for p in payloads], study=None)
-        assert not outcome.failures, outcome.failures
+        store_ok(self.stow, *payloads)
 
     def delete_study(self, study: str, scopes: tuple[str, ...] = ("dicomweb/delete",)) -> int:
         response = self.delete.handler(

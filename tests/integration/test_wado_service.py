@@ -60,6 +60,7 @@ from infra.samtemplate import load_template, object_routes
 from tests.dicom_files import PYDICOM_DATA_FILES, PYDICOM_TEST_FILES, part10_files
 from tests.generate import make_dataset, new_uid, to_part10
 from tests.lambda_harness import LambdaContext, load_handler, route_for
+from tests.moto_stack import store_ok
 
 DOMAIN = "dicom.example.test"
 BASE_URL = f"https://{DOMAIN}"
@@ -293,8 +294,7 @@ class World:
         )
 
     def store(self, *payloads: bytes) -> None:
-        outcome = self.stow.store_all([memoryview(p) for p in payloads], study=None)
-        assert not outcome.failures, outcome.failures
+        store_ok(self.stow, *payloads)
 
 
 @pytest.fixture(scope="module")

@@ -204,6 +204,20 @@ def record(
     return message
 
 
+def hook_record(
+    event: AuditEvent, *, action: str, subject: Subject, outcome: int, description: str
+) -> dict[str, Any]:
+    """The record of an action the system took on its own (a hook), about ``subject``."""
+    return record(
+        event,
+        action=action,
+        outcome=outcome,
+        requestor=SYSTEM,
+        objects=subject.participants(),
+        description=description,
+    )
+
+
 # ------------------------------------------------------------------------------ sinks
 class AuditSink(Protocol):
     def write(self, message: Mapping[str, Any]) -> None: ...

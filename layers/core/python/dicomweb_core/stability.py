@@ -34,6 +34,7 @@ from dicomweb_core.events import SERIES_STABLE, STUDY_STABLE, EventPublisher
 from dicomweb_core.index import keys
 from dicomweb_core.index.models import SeriesItem, StudyItem
 from dicomweb_core.index.reader import series_of
+from dicomweb_core.index.versions import record_version
 from dicomweb_core.observability import logger
 from dicomweb_core.uid import validate_uid
 
@@ -83,7 +84,7 @@ class StabilityService:
         if quiet < self.stable_age:
             remaining = self.stable_age - quiet
             return Observation("not-yet", retry_after=max(1, int(remaining.total_seconds() + 0.999)))
-        if not self._record(series, SeriesItem.stable_version, SeriesItem.updated_at):
+        if not _record_announced(series, SeriesItem.stable_version):
             return Observation("announced")
         published = [SERIES_STABLE]
         self._publish(SERIES_STABLE, _series_detail(series, detail), undo=(series, SeriesItem))
@@ -105,26 +106,12 @@ class StabilityService:
         all_series = series_of(study_uid)
         if not all_series or any(s.stable_version != s.version for s in all_series):
             return False  # the last series to become stable announces the study
-        if not self._record(study, StudyItem.stable_version, StudyItem.updated_at):
+        if not _record_announced(study, StudyItem.stable_version):
             return False
         self._publish(STUDY_STABLE, _study_detail(study, all_series), undo=(study, StudyItem))
         return True
 
     # ---------------------------------------------------------------- helpers
-    @staticmethod
-    def _record(item: SeriesItem | StudyItem, stable: Any, updated: Any) -> bool:
-        """Record ``item.version`` as announced, if nothing changed since it was read."""
-        version = item.version
-        unchanged = updated == item.updated_at if item.updated_at is not None else updated.does_not_exist()
-        not_announced = stable.does_not_exist() | (stable != version)
-        try:
-            item.update(actions=[stable.set(version)], condition=unchanged & not_announced)
-        except UpdateError as exc:
-            if _condition_failed(exc):
-                return False
-            raise
-        return True
-
     def _publish(self, detail_type: str, detail: dict[str, Any], *, undo: tuple[Any, Any]) -> None:
         """Publish; on failure withdraw the record so the retried message announces again."""
         try:
@@ -175,5 +162,7 @@ def _parse_time(value: object) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _condition_failed(exc: UpdateError) -> bool:
-    return getattr(exc, "cause_response_code", "") == "ConditionalCheckFailedException"
+def _record_announced(item: SeriesItem | StudyItem, stable: Any) -> bool:
+    """Record ``item.version`` as announced, if nothing changed since it was read and no
+    other message announced it first."""
+    return record_version(item, stable, unless=stable.does_not_exist() | (stable != item.version))

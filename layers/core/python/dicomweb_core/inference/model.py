@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import logging
 import math
 import numbers
 import re
@@ -356,6 +357,17 @@ def volume_geometry(datasets: Sequence[Dataset]) -> VoxelSpacing | None:
         return check_volume_geometry(datasets)
     except InconsistentGeometry:
         return None
+
+
+def regular_volume(model_name: str, datasets: Sequence[Dataset]) -> tuple[VoxelSpacing, list[int]] | None:
+    """The voxel spacing and slice order of images that form one volume; None (and the
+    reason logged) when they do not, so the model declines the series."""
+    try:
+        spacing = check_volume_geometry(datasets)
+    except InconsistentGeometry as exc:
+        logging.getLogger(__name__).info("%s declines: %s", model_name, exc)
+        return None
+    return spacing, slice_order(datasets)
 
 
 def check_volume_geometry(datasets: Sequence[Dataset]) -> VoxelSpacing:

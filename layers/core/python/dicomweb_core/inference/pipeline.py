@@ -30,8 +30,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicomweb_core.events import INFERENCE_COMPLETED, EventPublisher
-from dicomweb_core.index.models import InferenceRunItem
-from dicomweb_core.index.reader import instances_of, series_item
+from dicomweb_core.index.models import InferenceRunItem, SeriesItem
+from dicomweb_core.index.reader import instances_of
+from dicomweb_core.index.versions import at_version
 from dicomweb_core.inference.model import Model, ModelOutputError, SeriesDescriptor, validate_result
 from dicomweb_core.inference.results import build_results
 from dicomweb_core.observability import logger
@@ -99,8 +100,8 @@ class InferencePipeline:
         chosen = [m for m in self.models if m.accepts(series)]
         if not chosen:
             return []
-        current = series_item(series.study_uid, series.series_uid)
-        if current.version != version:
+        current = at_version(SeriesItem, SeriesItem.key(series.study_uid, series.series_uid), version)
+        if current is None:  # changed (a newer SeriesStable follows) or deleted
             return [RunOutcome(m.name, "skipped-changed") for m in chosen]
         pending = [m for m in chosen if not self._done(series, version, m)]
         outcomes = [RunOutcome(m.name, "skipped-done") for m in chosen if m not in pending]

@@ -53,14 +53,12 @@ from scipy import ndimage
 from dicomweb_core.inference.model import (
     CT_IMAGE_STORAGE,
     Code,
-    InconsistentGeometry,
     Measurement,
     ModelResult,
     SeriesDescriptor,
-    check_volume_geometry,
     is_multiframe,
     modality_values,
-    slice_order,
+    regular_volume,
 )
 
 log = logging.getLogger(__name__)
@@ -105,12 +103,10 @@ class CtBodyMaskModel:
             if str(ds.get("SOPClassUID", "")) != CT_IMAGE_STORAGE or is_multiframe(ds):
                 log.info("%s declines: only single-frame CT Image Storage is supported", self.name)
                 return None
-        try:
-            spacing = check_volume_geometry(datasets)
-        except InconsistentGeometry as exc:
-            log.info("%s declines: %s", self.name, exc)
+        volume = regular_volume(self.name, datasets)
+        if volume is None:
             return None
-        order = slice_order(datasets)
+        spacing, order = volume
         rows, columns = int(datasets[0].Rows), int(datasets[0].Columns)
 
         dense = np.empty((len(order), rows, columns), dtype=np.bool_)

@@ -65,15 +65,13 @@ from pydicom import Dataset
 
 from dicomweb_core.inference.model import (
     Code,
-    InconsistentGeometry,
     Measurement,
     ModelOutputError,
     ModelResult,
     SeriesDescriptor,
-    check_volume_geometry,
     is_multiframe,
     modality_values,
-    slice_order,
+    regular_volume,
     validate_result,
 )
 
@@ -155,12 +153,10 @@ class SageMakerModel:
         if any(is_multiframe(ds) for ds in datasets):
             log.info("%s declines: multi-frame images are not supported", self.name)
             return None
-        try:
-            spacing = check_volume_geometry(datasets)
-        except InconsistentGeometry as exc:
-            log.info("%s declines: %s", self.name, exc)
+        volume = regular_volume(self.name, datasets)
+        if volume is None:
             return None
-        order = slice_order(datasets)
+        spacing, order = volume
         rows, columns = int(datasets[0].Rows), int(datasets[0].Columns)
         shape = (len(order), rows, columns)
         size = math.prod(shape) * 2 + 128  # int16 values plus the .npy header

@@ -32,11 +32,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pynamodb.exceptions import UpdateError
-
 from dicomweb_core.frames import FrameIndex
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.reader import instances_of
+from dicomweb_core.index.versions import at_version, record_version
 from dicomweb_core.multipart import closing_delimiter, multipart_content_type, new_boundary, part_opening
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.uri import DicomWebURI
@@ -215,11 +214,8 @@ class BundleBuilder:
     frames: FrameDecoder | None = None  # decompresses large compressed frames (imaging layer)
 
     def build_series(self, study: str, series: str, version: str) -> str:
-        try:
-            current = SeriesItem.get(*SeriesItem.key(study, series), consistent_read=True)
-        except SeriesItem.DoesNotExist:
-            return "changed"
-        if current.version != version:
+        current = at_version(SeriesItem, SeriesItem.key(study, series), version)
+        if current is None:
             return "changed"
         if current.bundle_version == version:
             return "exists"
@@ -235,17 +231,14 @@ class BundleBuilder:
         written += sum(self._write_large_frames(item, version) for item in items)
         if not written:
             return "small"
-        outcome = self._record(current, SeriesItem)
+        outcome = self._record(current, SeriesItem.bundle_version)
         if outcome == "built":
             self._remove_superseded(f"bundles/{study}/{series}/", version)
         return outcome
 
     def build_study(self, study: str, version: str) -> str:
-        try:
-            current = StudyItem.get(*StudyItem.key(study), consistent_read=True)
-        except StudyItem.DoesNotExist:
-            return "changed"
-        if current.version != version:
+        current = at_version(StudyItem, StudyItem.key(study), version)
+        if current is None:
             return "changed"
         if current.bundle_version == version:
             return "exists"
@@ -254,7 +247,7 @@ class BundleBuilder:
             return "small"
         for syntax in syntaxes(items):
             self._write(items, syntax, bundle_key(version, syntax, study))
-        outcome = self._record(current, StudyItem)
+        outcome = self._record(current, StudyItem.bundle_version)
         if outcome == "built":
             self._remove_superseded(f"bundles/{study}/-/", version)
         return outcome
@@ -309,12 +302,6 @@ class BundleBuilder:
         self.composer.compose(key, segments, content_type=content_type)
 
     @staticmethod
-    def _record(item: SeriesItem | StudyItem, model: Any) -> str:
-        try:  # announce the bundles only while this is still the current version
-            item.update(
-                actions=[model.bundle_version.set(item.version)],
-                condition=model.updated_at == item.updated_at,
-            )
-        except UpdateError:
-            return "changed"
-        return "built"
+    def _record(item: SeriesItem | StudyItem, attribute: Any) -> str:
+        """Announce the bundles only while this is still the current version."""
+        return "built" if record_version(item, attribute) else "changed"

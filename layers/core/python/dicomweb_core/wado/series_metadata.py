@@ -16,10 +16,9 @@ import gzip
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pynamodb.exceptions import UpdateError
-
 from dicomweb_core.index.models import SeriesItem
 from dicomweb_core.index.reader import instances_of
+from dicomweb_core.index.versions import at_version, record_version
 from dicomweb_core.storage import InstanceStore, ObjectReader, metadata_key, series_metadata_key
 from dicomweb_core.uri import DicomWebURI
 
@@ -58,21 +57,12 @@ class SeriesMetadataBuilder:
 
     def build(self, study: str, series: str, version: str) -> str:
         """``built``, ``exists`` (already written) or ``changed`` (a newer version is coming)."""
-        try:
-            current = SeriesItem.get(*SeriesItem.key(study, series), consistent_read=True)
-        except SeriesItem.DoesNotExist:
-            return "changed"
-        if current.version != version:
+        current = at_version(SeriesItem, SeriesItem.key(study, series), version)
+        if current is None:
             return "changed"
         if current.metadata_version == version:
             return "exists"
         body = gzip.compress(assemble(self.reader, study, series).encode(), 6)
         self.store.put_document(series_metadata_key(study, series, version), body, content_type=DICOM_JSON)
-        try:  # announce it only while it is still the current version
-            current.update(
-                actions=[SeriesItem.metadata_version.set(version)],
-                condition=SeriesItem.updated_at == current.updated_at,
-            )
-        except UpdateError:
-            return "changed"
-        return "built"
+        # announced only while it is still the current version
+        return "built" if record_version(current, SeriesItem.metadata_version) else "changed"

@@ -428,20 +428,33 @@ def read_frame(reader: ObjectReader, item: InstanceItem, fragments: Sequence[tup
 
 
 class StoredFrameDecoder:
-    """Decompresses single frames read by range (the bundle hook's large frames)."""
+    """Decompresses single frames read by range (the bundle hook's large frames).
+
+    The hook asks for an instance's decoded size and then for each of its frames: the
+    instance's metadata document (the pixel description) and frame index are read once."""
 
     def __init__(self, reader: ObjectReader) -> None:
         self.reader = reader
+        self._current: tuple[str, dict[str, Any], FrameIndex | None] | None = None
+
+    def _described(self, item: InstanceItem) -> tuple[dict[str, Any], FrameIndex | None]:
+        if self._current is None or self._current[0] != item.sop_uid:
+            self._current = (
+                item.sop_uid,
+                metadata_of(self.reader, item),
+                FrameIndex.from_document(item.frame_index),
+            )
+        return self._current[1], self._current[2]
 
     def decoded_size(self, item: InstanceItem) -> int:
-        return codecs.decoded_frame_length(metadata_of(self.reader, item))
+        return codecs.decoded_frame_length(self._described(item)[0])
 
     def decode(self, item: InstanceItem, number: int) -> bytes | None:
-        index = FrameIndex.from_document(item.frame_index)
+        metadata, index = self._described(item)
         assert index is not None
         codestream = read_frame(self.reader, item, index.frames[number - 1])
         try:
-            return codecs.decode_frame(codestream, item.transfer_syntax_uid, metadata_of(self.reader, item))
+            return codecs.decode_frame(codestream, item.transfer_syntax_uid, metadata)
         except codecs.CannotDecode:
             logger.warning("a large frame cannot be decoded", extra={"frame": number})
             return None
