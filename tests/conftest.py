@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.faults import Faults
 
 # Never reach a real AWS account from tests, whatever the developer's environment holds.
 for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
@@ -31,3 +35,11 @@ def aws() -> Iterator[None]:
 
     with moto_account():
         yield
+
+
+@pytest.fixture
+def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
+    """Fault injection at every AWS call (tests/faults.py)."""
+    from tests.faults import install
+
+    return install(monkeypatch)

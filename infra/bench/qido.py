@@ -152,7 +152,7 @@ def _items(plans: list[StudyPlan]) -> Iterator[IndexItem]:
             for instance in instances:
                 yield writer._instance_item(instance, stored, now, series_sort=f"{sort}#{series_uid}")
         assert first is not None
-        study = writer._study_item(first, writer._Context(False, False, sort, None, combo), now)
+        study = writer._study_item(first, writer._Context(False, False, sort, None, combo, deletions=0), now)
         study.modalities = {m for _, m, _ in plan.series}
         study.series_count = len(plan.series)
         study.instance_count = sum(size for _, _, size in plan.series)

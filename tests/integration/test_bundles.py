@@ -183,7 +183,7 @@ def test_a_large_multiframe_instance_redirects_single_part_and_multipart(env: En
     env.store(data)
     ds_path = f"/studies/{study}/series/{series}"
     sop = next(iter(env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"studies/{study}/")["Contents"]))["Key"]
-    sop_uid = sop.rsplit("/", 1)[1].removesuffix(".dcm")
+    sop_uid = sop.split("/instances/", 1)[1].split("/", 1)[0]
     path = f"{ds_path}/instances/{sop_uid}"
     # When it is asked for as application/dicom, Then it redirects to the stored object itself
     single = env.get(path, "application/dicom")

@@ -157,23 +157,25 @@ def test_different_object_with_same_uid_is_refused_and_original_kept(env: Env) -
 def test_overwrite_policy_replaces_and_keeps_counts(env: Env) -> None:
     # Given the overwrite policy and a stored instance
     service = env.with_policy(DuplicatePolicy.OVERWRITE)
-    original = make_dataset(PatientName="Original^Name")
+    original = make_dataset(ImageComments="original")
     service.store_all([memoryview(to_part10(original))], study=None)
+    old_key = SopItem.get(*SopItem.key(original.SOPInstanceUID)).s3_key
     # When a corrected object with the same UIDs arrives
     corrected = make_dataset(
         study=original.StudyInstanceUID,
         series=original.SeriesInstanceUID,
         sop=original.SOPInstanceUID,
-        PatientName="Corrected^Name",
+        ImageComments="corrected",
     )
     outcome = service.store_all([memoryview(to_part10(corrected))], study=None)
-    # Then the index points at the new bytes, counts are unchanged, the old version remains
+    # Then the index points at the new bytes, counts are unchanged, and the old object is
+    # noncurrent: recoverable until the lifecycle rule expires it
     assert outcome.status == 200
     assert stored_bytes(env, original.SOPInstanceUID) == to_part10(corrected)
     assert counts(original.StudyInstanceUID)[0] == 1
-    key = SopItem.get(*SopItem.key(original.SOPInstanceUID)).s3_key
-    versions = env.s3.list_object_versions(Bucket=env.settings.bucket_name, Prefix=key)["Versions"]
-    assert len(versions) == 2
+    listing = env.s3.list_object_versions(Bucket=env.settings.bucket_name, Prefix=old_key)
+    assert [v["IsLatest"] for v in listing["Versions"]] == [False]
+    assert [m["IsLatest"] for m in listing["DeleteMarkers"]] == [True]
 
 
 def test_overwrite_policy_never_moves_an_instance_to_another_study(env: Env) -> None:
@@ -243,8 +245,8 @@ def test_stale_existence_read_is_retried_not_double_counted(
     real_context = IndexWriter._context
     stale = {"left": 1}  # the first read is stale: the study and series are "not there yet"
 
-    def stale_context(self: IndexWriter, instance: Any) -> Any:
-        context = real_context(self, instance)
+    def stale_context(self: IndexWriter, instance: Any, cutoff: Any) -> Any:
+        context = real_context(self, instance, cutoff)
         if stale["left"] > 0:
             stale["left"] -= 1
             return replace(context, study_exists=False, series_exists=False, old_combo=None)

@@ -81,7 +81,7 @@ ALLOWED_HEADERS = frozenset(
     }
 )
 S3_KEY_RE = re.compile(
-    rf"studies/{UID_RE}/series/{UID_RE}/instances/{UID_RE}\.(?:dcm|json)"
+    rf"studies/{UID_RE}/series/{UID_RE}/instances/{UID_RE}/[0-9a-f]{{24}}\.(?:dcm|json)"
     rf"|cache/metadata/{UID_RE}/{UID_RE}/[0-9A-Za-z._-]+\.json\.gz"
 )
 BAD_HEADER_CHARS = re.compile(r"[\r\n\0]")

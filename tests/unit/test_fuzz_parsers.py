@@ -52,7 +52,7 @@ from dicomweb_core.qido.attributes import Level, matchable_keywords, resolve
 from dicomweb_core.qido.matching import matches_value
 from dicomweb_core.qido.normalize import person_name
 from dicomweb_core.qido.query import MatchKind, Term, parse_query
-from dicomweb_core.storage import instance_key, metadata_key
+from dicomweb_core.storage import instance_key, metadata_key, new_write_id
 from dicomweb_core.stow import instance_payloads
 from dicomweb_core.uid import is_valid_uid
 from dicomweb_core.uri import DicomWebURI
@@ -63,7 +63,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 BASE = "https://dicom.example.test"
 UID_RE = r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*"
-KEY_RE = re.compile(rf"studies/{UID_RE}/series/{UID_RE}/instances/{UID_RE}\.(?:dcm|json)")
+KEY_RE = re.compile(rf"studies/{UID_RE}/series/{UID_RE}/instances/{UID_RE}/[0-9a-f]{{24}}\.(?:dcm|json)")
 # Any C0 control character or DEL: what must never come back from client input.
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -205,8 +205,9 @@ def test_uri_parser_returns_a_valid_resource_or_a_4xx(path: str) -> None:
     assert ".." not in result.path and "%" not in result.path and "\0" not in result.path
     if result.instance is not None:
         # And the keys it can become stay under studies/<valid uid>/
-        assert KEY_RE.fullmatch(instance_key(*uids))
-        assert KEY_RE.fullmatch(metadata_key(*uids))
+        key = instance_key(*uids, new_write_id())
+        assert KEY_RE.fullmatch(key)
+        assert KEY_RE.fullmatch(metadata_key(key))
 
 
 # ---------------------------------------------------------------------- QIDO query parsing
@@ -668,7 +669,7 @@ def _assert_ingest_contract(data: bytes) -> None:
     assert received.data[128:] == data[128:]
     uids = (received.study_instance_uid, received.series_instance_uid, received.sop_instance_uid)
     assert all(is_valid_uid(u) for u in (*uids, received.sop_class_uid))
-    assert KEY_RE.fullmatch(instance_key(*uids))
+    assert KEY_RE.fullmatch(instance_key(*uids, new_write_id()))
     json.dumps([received.study_json, received.series_json, received.instance_json, received.metadata])
 
 

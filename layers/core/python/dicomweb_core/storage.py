@@ -1,8 +1,11 @@
-"""Instance bytes in S3: one object per instance, keyed by validated UIDs.
+"""Instance bytes in S3: one object per write of an instance, keyed by validated UIDs.
 
-The bucket is versioned; the index records the exact version each instance points at,
-so a concurrent or repeated upload of the same key can never change what an
-acknowledged instance reads back as.
+Every write of an instance (first store or overwrite) gets keys of its own,
+``.../instances/{sop}/{write}.dcm`` and its metadata document ``.../{write}.json``: no two
+requests ever write the same key, so a losing, failed or concurrent write can neither make
+the version the index points at noncurrent (where the lifecycle rule would expire it) nor
+replace the metadata that belongs to it. The bucket is versioned for recoverable deletes;
+the index records the exact object version each instance points at.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
+import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -23,14 +28,22 @@ if TYPE_CHECKING:
 DICOM_MEDIA_TYPE = "application/dicom"
 
 
-def instance_key(study: str, series: str, sop: str) -> str:
-    """S3 key of an instance; callers pass UIDs already validated (PS3.5 §9.1)."""
-    return f"studies/{study}/series/{series}/instances/{sop}.dcm"
+def new_write_id() -> str:
+    """A name for one write of an instance: time-ordered (hex nanoseconds), then random, so
+    the objects of one SOP Instance list oldest first and two writes never share a key."""
+    return f"{time.time_ns():016x}{secrets.token_hex(4)}"
 
 
-def metadata_key(study: str, series: str, sop: str) -> str:
-    """S3 key of an instance's WADO-RS metadata document (built at ingest)."""
-    return f"studies/{study}/series/{series}/instances/{sop}.json"
+def instance_key(study: str, series: str, sop: str, write_id: str) -> str:
+    """S3 key of one write of an instance; callers pass UIDs already validated (PS3.5 §9.1)."""
+    return f"studies/{study}/series/{series}/instances/{sop}/{write_id}.dcm"
+
+
+def metadata_key(instance_key: str) -> str:
+    """S3 key of the WADO-RS metadata document (built at ingest) of the instance stored
+    under ``instance_key``: it belongs to exactly that write. Also right for the layout
+    before per-write keys (``.../{sop}.dcm`` beside ``.../{sop}.json``)."""
+    return instance_key.removesuffix(".dcm") + ".json"
 
 
 def series_metadata_key(study: str, series: str, version: str) -> str:
@@ -42,11 +55,17 @@ class InstanceStore(Protocol):
     def put(self, key: str, data: bytes, *, sha256_hex: str) -> str | None:
         """Store ``data`` under ``key``; return the new object version id."""
 
-    def delete_version(self, key: str, version_id: str) -> None:
+    def delete_version(self, key: str, version_id: str | None) -> None:
         """Remove one version this process wrote and no index item references."""
 
-    def put_document(self, key: str, body: bytes, *, content_type: str, encoding: str | None = None) -> None:
-        """Store a derived document (metadata) next to the instances."""
+    def hide(self, key: str) -> None:
+        """Make ``key`` noncurrent (a delete marker): its versions stay recoverable until the
+        lifecycle rule expires them (``DeletedVersionRetentionDays``)."""
+
+    def put_document(
+        self, key: str, body: bytes, *, content_type: str, encoding: str | None = None
+    ) -> str | None:
+        """Store a derived document (metadata) next to the instances; return its version id."""
 
 
 class S3InstanceStore:
@@ -73,10 +92,18 @@ class S3InstanceStore:
         )
         return response.get("VersionId")
 
-    def delete_version(self, key: str, version_id: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+    def delete_version(self, key: str, version_id: str | None) -> None:
+        if version_id is None:  # an unversioned bucket: the key is this write's alone
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        else:
+            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
 
-    def put_document(self, key: str, body: bytes, *, content_type: str, encoding: str | None = None) -> None:
+    def hide(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def put_document(
+        self, key: str, body: bytes, *, content_type: str, encoding: str | None = None
+    ) -> str | None:
         arguments: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
@@ -85,7 +112,7 @@ class S3InstanceStore:
         }
         if encoding:
             arguments["ContentEncoding"] = encoding
-        self.client.put_object(**arguments)
+        return self.client.put_object(**arguments).get("VersionId")
 
 
 class ObjectReader:

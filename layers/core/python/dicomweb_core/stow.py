@@ -1,15 +1,19 @@
 """STOW-RS: store instances (PS3.18 §10.5) and answer with the Store Instances Response.
 
-The write path per instance: validate, S3 first (with its SHA-256), then the index in
-one transaction, then ``InstanceStored`` on the bus. A crash between S3 and the index
-leaves an unreferenced object version and no index items; the client's retry stores a
-new version and indexes it exactly once.
+The write path per instance: validate, S3 first (the bytes with their SHA-256, and the
+metadata document, under keys of this write's own), then the index in one transaction,
+then ``InstanceStored`` on the bus. Whatever refuses or fails the write after S3 removes
+the objects it wrote, unless the index points at them (a commit whose response was lost).
+A crash between S3 and the index leaves unreferenced objects and no index items; the
+client's retry writes new ones and indexes them exactly once. The invariants and how each
+failure keeps them are in docs/write-safety.md.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -20,12 +24,19 @@ from dicomweb_core.config import DuplicatePolicy, Settings
 from dicomweb_core.errors import BadRequest, UnsupportedMediaType
 from dicomweb_core.events import INSTANCE_STORED, EventPublisher
 from dicomweb_core.failures import Failure, FailureReason, InstanceRejected, WarningReason
-from dicomweb_core.index.writer import AlreadyIndexed, ExistingInstance, IndexWriter, StoredObject
+from dicomweb_core.index.writer import (
+    AlreadyIndexed,
+    ExistingInstance,
+    IndexWriter,
+    Prior,
+    StoredObject,
+    WriteRefused,
+)
 from dicomweb_core.instance import InflationBudget, ReceivedInstance, read_instance
 from dicomweb_core.mediatype import parse_media_type
 from dicomweb_core.multipart import boundary_of, split_parts
 from dicomweb_core.observability import logger
-from dicomweb_core.storage import InstanceStore, instance_key, metadata_key
+from dicomweb_core.storage import InstanceStore, instance_key, metadata_key, new_write_id
 from dicomweb_core.uri import DicomWebURI
 
 DICOM = "application/dicom"
@@ -160,20 +171,26 @@ class StowService:
             ) from None
 
     def _write(self, instance: ReceivedInstance) -> StoredInstance:
-        existing = self.index.find(instance.sop_instance_uid)
-        if existing is not None:
-            return self._store_duplicate(instance, existing)
-        stored = self._put(instance)
         try:
-            self.index.add(instance, stored)
-        except AlreadyIndexed as race:
-            # Another request indexed this SOP Instance UID after our lookup: our S3
-            # version is referenced by nothing, so remove it before deciding.
-            self._discard(stored)
-            return self._store_duplicate(instance, race.existing)
-        return _stored(instance, stored)
+            prior = self.index.prior(instance.sop_instance_uid, instance.study_instance_uid)
+        except WriteRefused as refused:
+            raise _rejected(instance, refused) from None
+        if prior.existing is not None:
+            return self._store_duplicate(instance, prior.existing, prior)
+        with self._written(instance) as written:
+            try:
+                self.index.add(instance, written.stored, deletions=prior.deletions)
+                return _stored(instance, written.stored)
+            except AlreadyIndexed as race:
+                # Another request indexed this SOP Instance UID after our lookup: our
+                # objects are referenced by nothing, so they go before deciding.
+                written.discard()
+                existing = race.existing
+        return self._store_duplicate(instance, existing, prior)
 
-    def _store_duplicate(self, instance: ReceivedInstance, existing: ExistingInstance) -> StoredInstance:
+    def _store_duplicate(
+        self, instance: ReceivedInstance, existing: ExistingInstance, prior: Prior
+    ) -> StoredInstance:
         """A SOP Instance UID already stored: identical bytes succeed, others follow the policy."""
         if existing.same_content(instance):
             return _stored(instance, existing.stored)
@@ -182,9 +199,10 @@ class StowService:
             instance.series_instance_uid,
         )
         if self.settings.duplicate_policy is DuplicatePolicy.OVERWRITE and same_place:
-            stored = self._put(instance)
-            self.index.replace(instance, stored, existing)
-            return _stored(instance, stored)
+            with self._written(instance) as written:
+                self.index.replace(instance, written.stored, existing, deletions=prior.deletions)
+            self._retire(existing.stored)
+            return _stored(instance, written.stored)
         reason = "" if same_place else " in another study or series"
         raise InstanceRejected(
             FailureReason.DUPLICATE_SOP_INSTANCE,
@@ -194,25 +212,73 @@ class StowService:
             sop_instance_uid=instance.sop_instance_uid,
         )
 
-    def _put(self, instance: ReceivedInstance) -> StoredObject:
-        """The instance's bytes, then its WADO-RS metadata document, both before the index."""
-        uids = (instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid)
-        key = instance_key(*uids)
-        version_id = self.store.put(key, instance.data, sha256_hex=instance.sha256)
-        self.store.put_document(
-            metadata_key(*uids),
-            json.dumps(instance.metadata, separators=(",", ":")).encode(),
-            content_type=DICOM_JSON,
-        )
-        return StoredObject(key, version_id, instance.sha256, instance.size)
+    @contextmanager
+    def _written(self, instance: ReceivedInstance) -> Iterator[_Write]:
+        """This write's objects in S3, removed again if the block fails, unless the index
+        points at them after all (a commit whose response was lost).
 
-    def _discard(self, stored: StoredObject) -> None:
-        if stored.version_id is None:
-            return
+        A :class:`WriteRefused` becomes the instance's failure, with the index's reason."""
+        write = self._put(instance)
         try:
-            self.store.delete_version(stored.key, stored.version_id)
+            yield write
+        except WriteRefused as refused:
+            write.discard()
+            raise _rejected(instance, refused) from None
+        except BaseException:
+            if write.objects and not self._indexed(instance, write.stored):
+                write.discard()
+            raise
+
+    def _indexed(self, instance: ReceivedInstance, stored: StoredObject) -> bool:
+        """Does the index point at ``stored``? When it cannot tell, keep the objects: an
+        unreferenced object costs storage, a removed indexed one loses an instance."""
+        try:
+            existing = self.index.find(instance.sop_instance_uid)
         except Exception:
-            logger.exception("could not remove an unreferenced object version", extra={"key": stored.key})
+            logger.exception("could not tell whether a failed write was indexed; its objects are kept")
+            return True
+        return existing is not None and existing.stored.key == stored.key
+
+    def _retire(self, replaced: StoredObject) -> None:
+        """The objects an overwrite replaced become noncurrent: recoverable for the retention
+        period, then expired. Best effort: if this fails they stay, unreferenced."""
+        for key in (replaced.key, metadata_key(replaced.key)):
+            try:
+                self.store.hide(key)
+            except Exception:
+                logger.exception("could not retire a replaced object", extra={"key": key})
+
+    def _put(self, instance: ReceivedInstance) -> _Write:
+        """The instance's bytes, then its WADO-RS metadata document, both before the index,
+        under keys no other write uses (storage.instance_key)."""
+        key = instance_key(
+            instance.study_instance_uid,
+            instance.series_instance_uid,
+            instance.sop_instance_uid,
+            new_write_id(),
+        )
+        document = metadata_key(key)
+        write = _Write(self.store, StoredObject(key, None, instance.sha256, instance.size))
+        try:
+            # Each object is recorded before its PUT: if the answer is lost, the PUT may
+            # still have taken effect, and discarding by key (a delete marker) covers it.
+            write.objects.append((key, None))
+            version_id = self.store.put(key, instance.data, sha256_hex=instance.sha256)
+            write.objects[-1] = (key, version_id)
+            write.stored = StoredObject(key, version_id, instance.sha256, instance.size)
+            write.objects.append((document, None))
+            write.objects[-1] = (
+                document,
+                self.store.put_document(
+                    document,
+                    json.dumps(instance.metadata, separators=(",", ":")).encode(),
+                    content_type=DICOM_JSON,
+                ),
+            )
+        except BaseException:
+            write.discard()
+            raise
+        return write
 
     def _publish(self, stored: Sequence[StoredInstance]) -> None:
         """Publish ``InstanceStored`` after the index committed (at least once per store)."""
@@ -236,6 +302,36 @@ class StowService:
             self.events.publish(INSTANCE_STORED, details)
         except Exception:
             logger.exception("publishing InstanceStored failed", extra={"count": len(details)})
+
+
+@dataclass(slots=True)
+class _Write:
+    """The objects one write put in S3: the instance's bytes and its metadata document."""
+
+    store: InstanceStore
+    stored: StoredObject
+    objects: list[tuple[str, str | None]] = field(default_factory=list)  # (key, version) put
+
+    def discard(self) -> None:
+        """Remove what this write put (each key is its alone): its version, or where S3's
+        answer was lost, the key (a delete marker: noncurrent, then expired). Best effort:
+        what is left is unreferenced and never read."""
+        while self.objects:
+            key, version = self.objects.pop()
+            try:
+                self.store.delete_version(key, version)
+            except Exception:
+                logger.exception("could not remove an unreferenced object", extra={"key": key})
+
+
+def _rejected(instance: ReceivedInstance, refused: WriteRefused) -> InstanceRejected:
+    """The index's refusal as the instance's failure (nothing of the write was kept)."""
+    return InstanceRejected(
+        refused.failure_reason,
+        str(refused),
+        sop_class_uid=instance.sop_class_uid,
+        sop_instance_uid=instance.sop_instance_uid,
+    )
 
 
 def _stored(instance: ReceivedInstance, stored: StoredObject) -> StoredInstance:

@@ -117,6 +117,11 @@ class StudyItem(IndexItem, discriminator="study"):
     instance_count = NumberAttribute(default=0)  # NumberOfStudyRelatedInstances
     stable_version = UnicodeAttribute(null=True)  # the version last announced as StudyStable
     bundle_version = UnicodeAttribute(null=True)  # the version whose large-retrieval bundles exist
+    # Set when a DELETE of the study begins: from then on every write into it is refused.
+    deleting = UTCDateTimeAttribute(null=True)
+    # How many DELETEs of the study had begun when this item was created (the tombstone's
+    # count); a write that read another count before putting its objects is refused.
+    deletions = NumberAttribute(null=True)
 
     @staticmethod
     def key(study: str) -> tuple[str, str]:
@@ -206,6 +211,8 @@ class DeletedStudyItem(IndexItem, discriminator="deleted-study"):
 
     study_uid = UnicodeAttribute()
     instance_count = NumberAttribute(default=0)  # how many instances it held
+    deletions = NumberAttribute(null=True)  # how many DELETEs of the study have begun
+    deleting = UTCDateTimeAttribute(null=True)  # set while a DELETE is under way
 
     @staticmethod
     def key(study: str) -> tuple[str, str]:

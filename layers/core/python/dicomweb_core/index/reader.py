@@ -51,16 +51,25 @@ def series_item(study: str, series: str) -> SeriesItem:
 
 def study_item(study: str) -> StudyItem:
     try:
-        return StudyItem.get(*StudyItem.key(study), consistent_read=True)
+        item = StudyItem.get(*StudyItem.key(study), consistent_read=True)
     except StudyItem.DoesNotExist:
         raise missing(study, "study") from None
+    if item.deleting is not None:
+        raise Gone("The study is being deleted.")
+    return item
+
+
+def tombstone(study: str) -> DeletedStudyItem | None:
+    """The study's tombstone: it was deleted (or is being deleted) at least once."""
+    try:
+        return DeletedStudyItem.get(*DeletedStudyItem.key(study), consistent_read=True)
+    except DeletedStudyItem.DoesNotExist:
+        return None
 
 
 def missing(study: str, what: str) -> NotFound | Gone:
     """404 for what never existed; 410 Gone when its study was deleted (a tombstone remains)."""
-    try:
-        DeletedStudyItem.get(*DeletedStudyItem.key(study), consistent_read=True)
-    except DeletedStudyItem.DoesNotExist:
+    if tombstone(study) is None:
         return NotFound(f"No such {what}.")
     return Gone(f"The {what} was deleted (its study was deleted).")
 

@@ -6,10 +6,23 @@ and series are new decides which form each of their writes takes; a conditional 
 on that decision makes concurrent first stores of the same study or series safe: the
 loser's transaction is cancelled and retried with a fresh read. A SOP item that already
 exists cancels the transaction too, so a replayed or retried store never counts twice.
+
+Each transaction carries a client request token, so botocore's retries of one call (after
+a timeout or a reset, when the commit may have happened) are idempotent; a retry that finds
+the SOP item pointing at the caller's own object knows its earlier attempt committed.
+
+Writes race a study DELETE safely (docs/write-safety.md). Before it puts anything in S3, a
+write reads how many DELETEs of its study have begun (the tombstone's count; a DELETE under
+way refuses it at once). Its transaction then requires the study item to carry that same
+count and no ``deleting`` mark, or, for a first store into the study, the tombstone to
+still hold that count. So a DELETE that began after the read, whose sweep may have hidden
+the write's objects, always refuses the write instead of letting it be indexed over a
+delete marker.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -18,15 +31,17 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TypeVar
 
-from pynamodb.attributes import UnicodeAttribute
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
+from dicomweb_core.failures import FailureReason
 from dicomweb_core.index import keys
 from dicomweb_core.index.models import (
+    DeletedStudyItem,
     IndexItem,
     InstanceItem,
     PostingItem,
@@ -64,6 +79,47 @@ class ExistingInstance:
         return self.stored.sha256 == instance.sha256
 
 
+class WriteRefused(Exception):
+    """The index refused a write and committed nothing of it; the message tells the sender why."""
+
+    failure_reason = FailureReason.PROCESSING_FAILURE
+
+
+class StudyDeleted(WriteRefused):
+    def __init__(self) -> None:
+        super().__init__(
+            "the study is being deleted, or was deleted while this instance was being stored; "
+            "nothing was kept. Send it again to store it in the study anew."
+        )
+
+
+class AttributesChanged(WriteRefused):
+    failure_reason = FailureReason.DUPLICATE_SOP_INSTANCE
+
+    def __init__(self) -> None:
+        super().__init__(
+            "an instance with this SOP Instance UID is stored with other patient, study or series "
+            "attributes; overwriting replaces an instance's own content only. The stored instance "
+            "was kept: delete the study and store it again to change those attributes."
+        )
+
+
+class ConcurrentlyReplaced(WriteRefused):
+    def __init__(self) -> None:
+        super().__init__(
+            "another request replaced this instance at the same time; that one was kept, nothing "
+            "of this one was. Send it again if it should replace that one."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """What the index says before a write puts anything in S3."""
+
+    existing: ExistingInstance | None  # the instance with this SOP Instance UID, if stored
+    deletions: int  # how many DELETEs of the study have begun
+
+
 class AlreadyIndexed(Exception):
     """The SOP Instance UID is in the index already; ``existing`` says with what."""
 
@@ -93,55 +149,89 @@ class IndexWriter:
     def find(self, sop_uid: str) -> ExistingInstance | None:
         """The stored instance with this SOP Instance UID, read with strong consistency."""
         try:
-            item = SopItem.get(*SopItem.key(sop_uid), consistent_read=True)
+            return _existing(SopItem.get(*SopItem.key(sop_uid), consistent_read=True))
         except SopItem.DoesNotExist:
             return None
-        return ExistingInstance(
-            study_uid=item.study_uid,
-            series_uid=item.series_uid,
-            sop_class_uid=item.sop_class_uid,
-            stored=StoredObject(item.s3_key, item.s3_version_id, item.sha256, int(item.size)),
+
+    def prior(self, sop_uid: str, study_uid: str) -> Prior:
+        """Before a write: the stored instance with this SOP Instance UID and the study's
+        DELETE count, in one strongly consistent BatchGetItem.
+
+        Raises :class:`StudyDeleted` while a DELETE of the study is under way."""
+        sop_key, tombstone_key = SopItem.key(sop_uid), DeletedStudyItem.key(study_uid)
+        items = {(i.pk, i.sk): i for i in IndexItem.batch_get([sop_key, tombstone_key], consistent_read=True)}
+        sop, tombstone = items.get(sop_key), items.get(tombstone_key)
+        if isinstance(tombstone, DeletedStudyItem) and tombstone.deleting is not None:
+            raise StudyDeleted()
+        return Prior(
+            existing=_existing(sop) if isinstance(sop, SopItem) else None,
+            deletions=_count(tombstone.deletions) if isinstance(tombstone, DeletedStudyItem) else 0,
         )
 
-    def add(self, instance: ReceivedInstance, stored: StoredObject) -> None:
+    def add(self, instance: ReceivedInstance, stored: StoredObject, *, deletions: int) -> None:
         """Index a new instance and move the aggregates, exactly once.
 
-        Raises :class:`AlreadyIndexed` when the SOP Instance UID is already in the index.
+        ``deletions`` is :meth:`prior`'s count, read before ``stored`` was put in S3.
+        Returns normally when the index points at ``stored``, also when an earlier attempt
+        whose response was lost committed it. Raises :class:`AlreadyIndexed` when the SOP
+        Instance UID is indexed with another object, :class:`StudyDeleted` when a DELETE of
+        the study began since ``deletions`` was read.
         """
+        context = self._context(instance, deletions)
+        generation = 0  # one request token per transaction content
         for attempt in range(MAX_ATTEMPTS):
-            context = self._context(instance)
             # Postings and registry entries go first: they only ever widen a search,
             # which then reads the items this transaction commits (or finds none).
             self._write_search_terms(instance, context)
             try:
-                self._transact_add(instance, stored, context)
+                self._transact_add(instance, stored, context, token=_token(stored, generation))
                 return
             except TransactWriteError as exc:
-                if _condition_failed(exc, index=0):
+                if not exc.cancellation_reasons:
+                    # No answer (timeout, reset, throttling after botocore's retries): the
+                    # commit may or may not have happened. The same transaction with the
+                    # same token again is idempotent; the SOP item's check below tells.
+                    _backoff(attempt)
+                    continue
+                if _condition_failed(exc, index=_sop_position(context)):
                     existing = self.find(instance.sop_instance_uid)
                     if existing is not None:
+                        if existing.stored.key == stored.key:
+                            return  # our own earlier attempt committed
                         raise AlreadyIndexed(existing) from None
-                # The study or series appeared (or a concurrent transaction touched
-                # the same items): read again and retry with jittered backoff.
-                time.sleep(random.uniform(0, 0.02 * 2**attempt))  # noqa: S311 (jitter, not crypto)
+                # The study or series appeared, or was being deleted, (or a concurrent
+                # transaction touched the same items): read again and retry with backoff.
+                _backoff(attempt)
+                context = self._context(instance, deletions)
+                generation += 1
         raise IndexContention(
             f"could not index {instance.sop_instance_uid} after {MAX_ATTEMPTS} attempts under contention"
         )
 
-    def _context(self, instance: ReceivedInstance) -> _Context:
+    def _context(self, instance: ReceivedInstance, deletions: int) -> _Context:
         """One strongly consistent BatchGetItem: does the study exist (and with which
-        modalities), does the series exist."""
+        modalities), does the series exist, how many DELETEs of the study have begun.
+
+        Raises :class:`StudyDeleted` when the study is being deleted, or a DELETE of it
+        began since ``deletions`` was read."""
         study_key = StudyItem.key(instance.study_instance_uid)
         series_key = SeriesItem.key(instance.study_instance_uid, instance.series_instance_uid)
+        tombstone_key = DeletedStudyItem.key(instance.study_instance_uid)
         items = {
             (item.pk, item.sk): item
             for item in IndexItem.batch_get(
-                [study_key, series_key],
+                [study_key, series_key, tombstone_key],
                 consistent_read=True,
-                attributes_to_get=["pk", "sk", "kind", "sort_key", "modality_combo"],
+                attributes_to_get=["pk", "sk", "kind", "sort_key", "modality_combo", "deleting", "deletions"],
             )
         }
-        study = items.get(study_key)
+        study, tombstone = items.get(study_key), items.get(tombstone_key)
+        if isinstance(study, StudyItem) and (
+            study.deleting is not None or _count(study.deletions) != deletions
+        ):
+            raise StudyDeleted()
+        if isinstance(tombstone, DeletedStudyItem) and _count(tombstone.deletions) != deletions:
+            raise StudyDeleted()
         sort_key = study.sort_key if isinstance(study, StudyItem) else None
         old_combo = study.modality_combo if isinstance(study, StudyItem) else None
         series_exists = series_key in items
@@ -155,6 +245,7 @@ class IndexWriter:
             study_sort=sort_key or keys.study_sort_key(instance.study_json, instance.study_instance_uid),
             old_combo=old_combo,
             new_combo=new_combo,
+            deletions=deletions,
         )
 
     def _write_search_terms(self, instance: ReceivedInstance, context: _Context) -> None:
@@ -186,17 +277,62 @@ class IndexWriter:
         RegistryItem(*RegistryItem.key(name)).update(actions=[RegistryItem.values.add({value})])
         self._registered[name].add(value)
 
-    def replace(self, instance: ReceivedInstance, stored: StoredObject, existing: ExistingInstance) -> None:
+    def replace(
+        self,
+        instance: ReceivedInstance,
+        stored: StoredObject,
+        existing: ExistingInstance,
+        *,
+        deletions: int,
+    ) -> None:
         """Point an indexed instance at new content (the overwrite duplicate policy).
 
-        Conditional on the SOP item still holding ``existing``'s checksum, so two
-        concurrent replacements cannot interleave; aggregates do not change.
+        Conditional on the SOP item still holding ``existing``'s object, so of two
+        concurrent replacements exactly one wins (:class:`ConcurrentlyReplaced` for the
+        other); on the instance's patient, study and series attributes being unchanged
+        (:class:`AttributesChanged`: an overwrite cannot leave the study's search entries
+        stale); and on no DELETE of the study under way or begun since ``deletions`` was
+        read (:class:`StudyDeleted`). Aggregates do not change. Like :meth:`add`, returns
+        normally when an earlier attempt whose answer was lost committed it.
         """
-        now = _now()
-        with TransactWrite(connection=self._connection) as tx:
-            sop = SopItem(*SopItem.key(instance.sop_instance_uid))
+        now = _now()  # one transaction content for every attempt: one request token
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                self._transact_replace(instance, stored, existing, deletions=deletions, now=now)
+                return
+            except TransactWriteError as exc:
+                if not exc.cancellation_reasons:  # no answer: the same request again
+                    _backoff(attempt)
+                    continue
+                current = self.find(instance.sop_instance_uid)
+                if current is not None and current.stored.key == stored.key:
+                    return  # our own earlier attempt committed
+                # DynamoDB's order: condition checks, then updates in the order written.
+                if _condition_failed(exc, index=0) or _condition_failed(exc, index=3):
+                    raise StudyDeleted() from None
+                if _condition_failed(exc, index=1):
+                    raise ConcurrentlyReplaced() from None
+                if _condition_failed(exc, index=2):
+                    raise AttributesChanged() from None
+                raise
+        raise IndexContention(f"could not replace {instance.sop_instance_uid} after {MAX_ATTEMPTS} attempts")
+
+    def _transact_replace(
+        self,
+        instance: ReceivedInstance,
+        stored: StoredObject,
+        existing: ExistingInstance,
+        *,
+        deletions: int,
+        now: datetime,
+    ) -> None:
+        study_uid = instance.study_instance_uid
+        instance_item = InstanceItem(
+            *InstanceItem.key(study_uid, instance.series_instance_uid, instance.sop_instance_uid)
+        )
+        with TransactWrite(connection=self._connection, client_request_token=_token(stored, 0)) as tx:
             tx.update(
-                sop,
+                SopItem(*SopItem.key(instance.sop_instance_uid)),
                 actions=[
                     SopItem.s3_key.set(stored.key),
                     _set_or_remove(SopItem.s3_version_id, stored.version_id),
@@ -205,14 +341,10 @@ class IndexWriter:
                     SopItem.sop_class_uid.set(instance.sop_class_uid),
                     SopItem.updated_at.set(now),
                 ],
-                condition=SopItem.sha256 == existing.stored.sha256,
+                condition=SopItem.s3_key == existing.stored.key,
             )
             tx.update(
-                InstanceItem(
-                    *InstanceItem.key(
-                        instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
-                    )
-                ),
+                instance_item,
                 actions=[
                     InstanceItem.s3_key.set(stored.key),
                     _set_or_remove(InstanceItem.s3_version_id, stored.version_id),
@@ -223,21 +355,28 @@ class IndexWriter:
                     _set_or_remove(InstanceItem.frame_index, _frame_index_json(instance)),
                     InstanceItem.updated_at.set(now),
                 ],
-                condition=InstanceItem.pk.exists(),
+                condition=InstanceItem.pk.exists()
+                & (InstanceItem.study_json == json.dumps(instance.study_json))
+                & (InstanceItem.series_json == json.dumps(instance.series_json)),
             )
             # The series' metadata version moves, so its cached document is rebuilt.
             tx.update(
-                SeriesItem(*SeriesItem.key(instance.study_instance_uid, instance.series_instance_uid)),
+                SeriesItem(*SeriesItem.key(study_uid, instance.series_instance_uid)),
                 actions=[SeriesItem.updated_at.set(now)],
                 condition=SeriesItem.pk.exists(),
             )
+            pk, sk = StudyItem.key(study_uid)
+            tx.condition_check(StudyItem, pk, sk, condition=StudyItem.pk.exists() & _study_open(deletions))
 
-    def _transact_add(self, instance: ReceivedInstance, stored: StoredObject, context: _Context) -> None:
+    def _transact_add(
+        self, instance: ReceivedInstance, stored: StoredObject, context: _Context, *, token: str
+    ) -> None:
         now = _now()
         study, series = instance.study_instance_uid, instance.series_instance_uid
         series_sort = f"{context.study_sort}#{series}"
-        with TransactWrite(connection=self._connection) as tx:
-            # Item 0 must stay the SOP item: its cancellation reason means "duplicate".
+        with TransactWrite(connection=self._connection, client_request_token=token) as tx:
+            # The SOP item must stay the first put (see _sop_position): its cancellation
+            # reason means "duplicate".
             tx.save(_sop_item(instance, stored, now), condition=SopItem.pk.does_not_exist())
             tx.save(
                 _instance_item(instance, stored, now, series_sort=series_sort),
@@ -258,10 +397,20 @@ class IndexWriter:
                 tx.update(
                     StudyItem(*StudyItem.key(study)),
                     actions=_study_update(instance, context, now),
-                    condition=StudyItem.pk.exists() & _combo_unchanged(context.old_combo),
+                    condition=StudyItem.pk.exists()
+                    & _combo_unchanged(context.old_combo)
+                    & _study_open(context.deletions),
                 )
             else:
                 tx.save(_study_item(instance, context, now), condition=StudyItem.pk.does_not_exist())
+                # A first store into a study: no DELETE of it may have begun since the read.
+                pk, sk = DeletedStudyItem.key(study)
+                tx.condition_check(
+                    DeletedStudyItem,
+                    pk,
+                    sk,
+                    condition=_counted(DeletedStudyItem.deletions, context.deletions),
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +422,49 @@ class _Context:
     study_sort: str
     old_combo: str | None
     new_combo: str | None
+    deletions: int  # the study's DELETE count, read before the objects were put
+
+
+def _sop_position(context: _Context) -> int:
+    """Where the SOP item's put is in the transaction: DynamoDB orders condition checks first,
+    and a first store into a study carries one (the tombstone's)."""
+    return 0 if context.study_exists else 1
+
+
+def _token(stored: StoredObject, generation: int) -> str:
+    """A ClientRequestToken (at most 36 characters) for one transaction content of one write."""
+    return hashlib.sha256(f"{stored.key}#{stored.version_id}#{generation}".encode()).hexdigest()[:32]
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0, 0.02 * 2**attempt))  # noqa: S311 (jitter, not crypto)
+
+
+def _study_open(deletions: int) -> Condition:
+    """The study is not being deleted, and no DELETE of it began since ``deletions`` was read."""
+    condition: Condition = StudyItem.deleting.does_not_exist() & _counted(StudyItem.deletions, deletions)
+    return condition
+
+
+def _counted(attribute: NumberAttribute, count: int) -> Condition:
+    """``attribute`` holds ``count`` (absent counts as 0: items written before it existed)."""
+    condition: Condition = attribute == count
+    if count == 0:
+        condition = attribute.does_not_exist() | condition
+    return condition
+
+
+def _count(value: float | None) -> int:
+    return int(value or 0)
+
+
+def _existing(item: SopItem) -> ExistingInstance:
+    return ExistingInstance(
+        study_uid=item.study_uid,
+        series_uid=item.series_uid,
+        sop_class_uid=item.sop_class_uid,
+        stored=StoredObject(item.s3_key, item.s3_version_id, item.sha256, int(item.size)),
+    )
 
 
 STUDY_MONTHS = "STUDY_MONTHS"
@@ -318,6 +510,7 @@ def _study_item(instance: ReceivedInstance, context: _Context, now: datetime) ->
         modality_combo=context.new_combo,
         series_count=1,
         instance_count=1,
+        deletions=context.deletions,
         updated_at=now,
     )
     return _with_index_attributes(item, attributes)

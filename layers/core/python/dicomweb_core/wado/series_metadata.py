@@ -40,11 +40,7 @@ def assemble(reader: ObjectReader, study: str, series: str) -> str:
     """The series' document from its per-instance documents, in instance order."""
     items = instances_of(DicomWebURI("", study=study, series=series))
     with ThreadPoolExecutor(max_workers=_READERS) as pool:
-        documents = list(
-            pool.map(
-                lambda i: reader.read(metadata_key(i.study_uid, i.series_uid, i.sop_uid)).decode(), items
-            )
-        )
+        documents = list(pool.map(lambda i: reader.read(metadata_key(i.s3_key)).decode(), items))
     return "[" + ",".join(documents) + "]"
 
 
