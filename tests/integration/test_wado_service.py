@@ -45,12 +45,13 @@ from dicomweb_core.config import DuplicatePolicy, Limits, Settings
 from dicomweb_core.errors import PayloadTooLarge
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.failures import InstanceRejected
+from dicomweb_core.frames import MAX_READ_GAP
 from dicomweb_core.index.models import InstanceItem, SeriesItem, bind_table
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.instance import ReceivedInstance, read_instance
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow import StowService
-from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.uri import MAX_FRAMES_PER_REQUEST, DicomWebURI
 from dicomweb_core.wado.bundles import RESPONSE_LIMIT, BundleBuilder, BundleComposer
 from dicomweb_core.wado.series_metadata import SeriesMetadataBuilder
 from dicomweb_core.wado.service import Request, RetrieveService, StoredFrameDecoder, instance_in_syntax
@@ -738,7 +739,7 @@ def test_frames_are_pydicoms_frames_read_by_range(world: World, entry: CorpusFil
         # And an indexed frame costs little more S3 bytes than it returns
         returned = sum(len(body) for _, body in parts)
         if indexed:
-            assert reader.requests == len(numbers)
+            assert reader.requests == 1  # adjacent frames come in one ranged GET
             assert reader.bytes_read <= FRAME_READ_OVERHEAD * returned, (reader.bytes_read, returned)
 
 
@@ -787,6 +788,111 @@ def test_encapsulated_frame_list(world: World) -> None:
     assert headers["content-type"].startswith("image/dicom-rle")
     assert transfer_syntax_of(headers["content-type"]) == "1.2.840.10008.1.2.5"
     assert body == expected[14]
+
+
+def _frames_of(study: str, series: str, sop: str, numbers: list[int], accept: str | None = None) -> Request:
+    uri = DicomWebURI(BASE_URL, study, series, sop, tuple(numbers))
+    return Request(uri=uri, accept=accept, query={}, if_none_match=None, accepts_gzip=False)
+
+
+@pytest.mark.parametrize(
+    "numbers",
+    [[2, 1, 2, 2, 3, 1], [1] * MAX_FRAMES_PER_REQUEST],
+    ids=["mixed-repeats", "one-frame-at-the-cap"],
+)
+def test_repeated_frames_are_read_once_and_answered_in_the_order_asked(
+    world: World, multiframe: tuple[str, str, str, list[bytes]], numbers: list[int]
+) -> None:
+    # Given the stored 3-frame instance (whose frames are adjacent in the object)
+    study, series, sop, frames = multiframe
+    service, reader = world.service()
+    # When a list that repeats frames is retrieved
+    response = service.frames(_frames_of(study, series, sop, numbers, AS_STORED_FRAMES))
+    # Then every number asked for has its part, in the order asked (PS3.18 §10.4.1.1.4)
+    parts = split_multipart(response.body, response.headers["Content-Type"])
+    assert [body for _, body in parts] == [frames[n - 1] for n in numbers]
+    path = instance_path(study, series, sop)
+    assert [h["content-location"] for h, _ in parts] == [f"{BASE_URL}{path}/frames/{n}" for n in numbers]
+    # And S3 served one ranged GET of the distinct frames, however often they were listed
+    assert reader.requests == 1
+    assert reader.bytes_read == sum(len(frames[n - 1]) for n in set(numbers))
+
+
+def test_frame_list_over_the_cap_is_400_with_the_cap(
+    world: World, multiframe: tuple[str, str, str, list[bytes]]
+) -> None:
+    # Given the stored 3-frame instance
+    study, series, sop, _ = multiframe
+    # When frame 1 is listed 3,000 times (a 6 KB path)
+    answer = world.get(f"{instance_path(study, series, sop)}/frames/{','.join(['1'] * 3000)}")
+    # Then it is 400 naming the cap
+    assert answer.status == 400
+    assert f"at most {MAX_FRAMES_PER_REQUEST} frame numbers" in answer.json()["message"]
+
+
+FRAME_BYTES = 64 * 64 * 2  # one 64x64 16-bit frame
+
+
+@pytest.fixture(scope="module")
+def long_multiframe(world: World) -> tuple[str, str, str, list[bytes]]:
+    """A native instance of 200 frames of 64x64 16-bit (8 KiB each), each frame distinct."""
+    frames = [bytes([k % 251]) * FRAME_BYTES for k in range(200)]
+    ds = make_dataset(rows=64, columns=64, NumberOfFrames=200)
+    ds.PixelData = b"".join(frames)
+    world.store(to_part10(ds))
+    return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, frames
+
+
+def test_near_frames_share_a_ranged_get_and_far_ones_do_not(
+    world: World, long_multiframe: tuple[str, str, str, list[bytes]]
+) -> None:
+    # Given a 200-frame instance, and a list with: frames 1-3; a frame whose gap after frame
+    # 3 is exactly the largest gap worth reading through; a frame one frame further than
+    # that; and the last two frames, asked in reverse
+    study, series, sop, frames = long_multiframe
+    near = 3 + MAX_READ_GAP // FRAME_BYTES + 1
+    far = near + MAX_READ_GAP // FRAME_BYTES + 2
+    numbers = [200, 1, near, 2, far, 3, 199]
+    service, reader = world.service()
+    # When the list is retrieved as stored
+    response = service.frames(_frames_of(study, series, sop, numbers, AS_STORED_FRAMES))
+    # Then the frames come back in the order asked
+    parts = split_multipart(response.body, response.headers["Content-Type"])
+    assert [body for _, body in parts] == [frames[n - 1] for n in numbers]
+    # And S3 served three ranged GETs: frames 1-3 with the near one (reading the gap),
+    # the far one alone, and the last two together
+    assert reader.requests == 3
+    assert reader.bytes_read == len(numbers) * FRAME_BYTES + MAX_READ_GAP
+
+
+def test_frames_too_large_together_are_refused_before_any_read(world: World) -> None:
+    # Given a stored single-frame 1024x1024 16-bit image (a 2 MiB frame)
+    ds = make_dataset(rows=1024, columns=1024)
+    ds.PixelData = bytes(range(256)) * 8192
+    world.store(to_part10(ds))
+    service, reader = world.service()
+    # When the frame is listed three times (6 MiB, more than one response carries)
+    request = _frames_of(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, [1, 1, 1])
+    with pytest.raises(PayloadTooLarge, match="fewer frames"):
+        service.frames(request)
+    # Then it is refused from the frame index, without reading the object
+    assert reader.requests == 0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_repeated_compressed_frames_are_decompressed_like_single_ones(world: World) -> None:
+    # Given a stored 15-frame RLE file, and its frame 2 decompressed alone (the default Accept)
+    entry = next(e for e in with_pixels() if e.path.name == "rtdose_rle.dcm")
+    single = world.get(f"{entry.url}/frames/2")
+    assert single.status == 200
+    ((_, second),) = single.parts()
+    # When frames 2,1,2 are retrieved decompressed
+    answer = world.get(f"{entry.url}/frames/2,1,2")
+    # Then frame 2 is the same decompressed bytes both times
+    assert answer.status == 200
+    bodies = [body for _, body in answer.parts()]
+    assert len(bodies) == 3
+    assert bodies[0] == bodies[2] == second
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,11 @@ import hashlib
 import io
 import json
 import random
+import signal
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -197,6 +199,40 @@ def replace_once(data: bytes, old: bytes, new: bytes) -> bytes:
     assert len(old) == len(new)
     assert data.count(old) == 1
     return data.replace(old, new)
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail the test, instead of hanging the run, when the block takes longer than ``seconds``.
+
+    pytest-timeout is not installed; SIGALRM interrupts a loop in the main thread (where
+    pytest runs tests) and ``pytest.fail`` raises a BaseException, which the parser's
+    ``except Exception`` clauses cannot swallow.
+    """
+
+    def expire(signum: int, frame: object) -> None:
+        pytest.fail(f"still running after {seconds} s", pytrace=False)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def after_deflate_stream(data: bytes) -> bytes:
+    """The bytes of a deflated Part 10 file that follow the end of its deflate stream.
+
+    The File Meta group length (0002,0000) is the 4-byte value at offset 140; the data set
+    starts after the group it counts.
+    """
+    (group_length,) = struct.unpack_from("<I", data, 140)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflater.decompress(data[144 + group_length :])
+    assert inflater.eof
+    return inflater.unused_data
 
 
 def rejected(data: bytes | bytearray | memoryview, *, limits: Limits = LIMITS) -> InstanceRejected:
@@ -576,6 +612,87 @@ def test_deflated_data_set_starting_with_a_command_set_is_rejected() -> None:
     # Then it is not understood
     assert error.failure.reason == FailureReason.CANNOT_UNDERSTAND
     assert "Command Set" in error.failure.message
+
+
+def pydicom_deflated_image(seed: int) -> bytes:
+    """An ordinary 1024x1024 16-bit image (2 MiB of pixels) as pydicom writes it deflated.
+
+    pydicom pads a deflate stream of odd length with one NUL byte, so about half of such
+    files end with a byte after the stream (which depends on ``seed``, the pixel pattern).
+    """
+    ds = make_dataset(pixels=False)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ds.Columns = 1024
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes((i * 7 + seed) % 251 for i in range(4096)) * 512
+    return to_part10(ds, transfer_syntax=DeflatedExplicitVRLittleEndian)
+
+
+def test_pydicom_written_deflated_images_are_accepted_with_or_without_padding() -> None:
+    # Given ordinary 2 MiB images written deflated by pydicom, some padded to even length
+    padded = unpadded = 0
+    with deadline(30):
+        for seed in range(10):
+            data = pydicom_deflated_image(seed)
+            trailing = after_deflate_stream(data)
+            assert trailing in (b"", b"\0")
+            # When each is read (inflating more than one step of the bounded inflation)
+            received = read_instance(data, limits=LIMITS)
+            # Then it is accepted, byte for byte
+            assert received.data == data
+            padded += trailing == b"\0"
+            unpadded += trailing == b""
+    # (and the images include both kinds)
+    assert padded and unpadded, (padded, unpadded)
+
+
+TRAILERS = {
+    "nul-pad": b"\0",  # pydicom pads an odd-length stream to even length
+    "nul-run": bytes(16),
+    # what pydicom's image_dfl.dcm carries after its stream: a gzip-style CRC-32 and length
+    "gzip-trailer": bytes.fromhex("4ed058451a020400"),
+}
+
+
+@pytest.mark.parametrize("trailer", TRAILERS.values(), ids=TRAILERS.keys())
+def test_bytes_after_the_deflate_stream_are_ignored_as_pydicom_ignores_them(trailer: bytes) -> None:
+    # Given a deflated file inflating to 2 MiB (several inflation steps) followed by bytes
+    data = deflated_with_zero_run(2 * MIB) + trailer
+    assert after_deflate_stream(data) == trailer
+    # When it is read
+    with deadline(10):
+        received = read_instance(data, limits=LIMITS)
+    # Then it is accepted and stored as received, trailing bytes included
+    assert received.sop_instance_uid == SOP_INSTANCE
+    assert received.data == data
+
+
+def test_deflate_stream_that_never_ends_is_rejected_as_truncated() -> None:
+    # Given a deflated file cut inside its deflate stream
+    data = deflated_with_zero_run(2 * MIB)
+    cut = data[: len(data) - 40]
+    # When it is read
+    with deadline(10):
+        error = rejected(cut)
+    # Then it is not understood, and the message says the deflate stream is cut short
+    assert error.failure.reason == FailureReason.CANNOT_UNDERSTAND
+    assert "deflate stream ends early" in error.failure.message
+
+
+@pytest.mark.parametrize("inflated", [MIB + MIB // 2, 8 * MIB], ids=["ends-in-the-last-step", "8MiB"])
+@pytest.mark.parametrize("trailer", TRAILERS.values(), ids=TRAILERS.keys())
+def test_deflate_bomb_with_bytes_after_its_stream_is_still_refused(trailer: bytes, inflated: int) -> None:
+    # Given a bomb (a run of zeros) whose stream is followed by bytes
+    data = deflated_with_zero_run(inflated) + trailer
+    # When it is read with a 1 MiB budget
+    with deadline(10):
+        error = rejected(data, limits=Limits(max_inflated_bytes=MIB))
+    # Then the bound stops it
+    assert error.failure.reason == FailureReason.OUT_OF_RESOURCES
+    assert "inflates to more than 1 MiB" in error.failure.message
 
 
 def test_deflated_transfer_syntax_with_data_that_is_not_deflate_is_rejected() -> None:

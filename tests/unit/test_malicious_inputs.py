@@ -26,9 +26,13 @@ Where each class is tested (here, and in tests that existed before this module):
      ::test_sequence_depth_follows_the_configured_limit
 4. Deflate bomb
    - here: ``test_deflate_bomb_of_gigabytes_is_refused_with_bounded_memory``,
-     ``test_deflate_bomb_through_stow_is_refused_and_nothing_is_stored``
+     ``test_deflate_bomb_through_stow_is_refused_and_nothing_is_stored``,
+     ``test_deflate_bomb_with_bytes_after_its_stream_is_refused_in_bounded_time``,
+     ``test_padded_deflated_instance_through_stow_is_stored_in_bounded_time``
      (``test_the_bomb_inflates_to_what_it_claims`` checks the bomb builder)
    - tests/unit/test_instance.py::test_deflate_bomb_is_refused_as_out_of_resources,
+     ::test_deflate_bomb_with_bytes_after_its_stream_is_still_refused,
+     ::test_bytes_after_the_deflate_stream_are_ignored_as_pydicom_ignores_them,
      ::test_deflate_bomb_behind_a_lying_group_length_is_still_refused,
      ::test_repeated_transfer_syntax_in_the_file_meta_is_rejected,
      ::test_deflated_data_set_starting_with_a_command_set_is_rejected
@@ -99,6 +103,7 @@ from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
 from tests.generate import make_dataset, to_part10
 from tests.unit.test_fuzz_handlers import DOMAIN, SERIES, STUDY, Answer, Deployment, deployed
+from tests.unit.test_instance import after_deflate_stream, deadline
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -444,6 +449,35 @@ def test_deflate_bomb_through_stow_is_refused_and_nothing_is_stored(deployment: 
     assert written == []
 
 
+def test_deflate_bomb_with_bytes_after_its_stream_is_refused_in_bounded_time() -> None:
+    # Given a 512 MiB bomb (its stream ends, so inflation could reach its end) with a pad byte
+    data = with_meta(deflate_bomb(512 * MIB) + b"\0", syntax=DeflatedExplicitVRLittleEndian)
+    # When it is read with the default 256 MiB budget, measured and under a deadline
+    with deadline(30):
+        result = bounded(lambda: read_instance(data, limits=Limits()), seconds=10, mib=48)
+    # Then the bound stops it
+    assert isinstance(result, InstanceRejected), "accepted"
+    assert result.failure.reason == FailureReason.OUT_OF_RESOURCES
+
+
+def test_padded_deflated_instance_through_stow_is_stored_in_bounded_time(deployment: Deployment) -> None:
+    # Given a 2 MiB image that pydicom writes deflated with a pad byte after the stream
+    # (the review's reproduction: such a request held STOW until the function timed out)
+    def deflated(name_length: int) -> bytes:
+        ds = make_dataset(rows=1024, columns=1024, PatientName="A" * name_length)
+        ds.PixelData = bytes(2 * MIB)
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        return to_part10(ds)
+
+    # (the stream's length depends on the random UIDs: the first padded one of a few names)
+    data = next(d for d in map(deflated, range(2, 42, 2)) if after_deflate_stream(d) == b"\0")
+    # When it is stored through STOW-RS, under a deadline
+    with deadline(30):
+        answer = deployment.stow(data)
+    # Then it is stored
+    assert answer.status == 200, answer.body[:300]
+
+
 def test_many_bombs_in_one_request_share_one_inflation_budget() -> None:
     # Given a request of ten parts, each a bomb just under the per-instance cap (200 MiB)
     from dicomweb_core.instance import InflationBudget
@@ -556,7 +590,9 @@ def test_nul_padded_uids_in_a_part10_file_are_stored_under_clean_keys(deployment
     # Then the padding is gone from every key and from the response
     assert answer.status == 200
     prefix = f"studies/{study}/series/{series}/instances/{sop}"
-    assert sorted(written) == [f"{prefix}.dcm", f"{prefix}.json"]
+    (dcm, json_document) = sorted(written)
+    assert dcm.startswith(f"{prefix}/") and dcm.endswith(".dcm")
+    assert json_document == dcm.removesuffix(".dcm") + ".json"
     assert "\\u0000" not in answer.body.decode()
     # And the instance is found under its clean UIDs
     assert deployment.call("GET", f"/{prefix}/metadata").status == 200

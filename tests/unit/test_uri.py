@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from dicomweb_core.errors import BadRequest, InvalidUID, NotFound
-from dicomweb_core.uri import DicomWebURI, ResourceType, Suffix
+from dicomweb_core.uri import MAX_FRAMES_PER_REQUEST, DicomWebURI, ResourceType, Suffix
 
 BASE = "https://dicom.example.org/dicomweb"
 ST = "1.2.826.0.1.3680043.8.498.1"
@@ -263,6 +263,41 @@ def test_malformed_frame_lists_are_bad_requests(frames: str) -> None:
     # Then it is a 400 that explains frame lists
     assert not isinstance(info.value, InvalidUID)
     assert "1-based" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [",".join(["1"] * MAX_FRAMES_PER_REQUEST), ",".join(map(str, range(1, MAX_FRAMES_PER_REQUEST + 1)))],
+    ids=["repeats", "distinct"],
+)
+def test_frame_lists_up_to_the_cap_are_kept_as_asked(frames: str) -> None:
+    # Given a frame list exactly as long as the cap
+    # When it is parsed
+    uri = DicomWebURI.from_path(BASE, f"{INSTANCE}/frames/{frames}")
+    # Then every number is kept, in the order asked, repeats included
+    assert uri.frames == tuple(int(number) for number in frames.split(","))
+
+
+@pytest.mark.parametrize("count", [MAX_FRAMES_PER_REQUEST + 1, 3000, 200_000], ids=["cap+1", "3000", "200k"])
+def test_frame_lists_longer_than_the_cap_are_bad_requests(count: int) -> None:
+    # Given a frame list longer than the cap (the review's 6 KB path repeats frame 1 3,000 times)
+    frames = ",".join(["1"] * count)
+    # When it is parsed
+    with pytest.raises(BadRequest) as info:
+        DicomWebURI.from_path(BASE, f"{INSTANCE}/frames/{frames}")
+    # Then it is a 400 that says the cap, how many were asked for, and what to do
+    message = str(info.value)
+    assert f"at most {MAX_FRAMES_PER_REQUEST} frame numbers" in message
+    assert f"this one has {count}" in message
+    assert "several requests" in message
+
+
+def test_the_frame_list_cap_is_checked_by_the_constructor_too() -> None:
+    # Given a frames URI built in code with more numbers than the cap
+    # When it is constructed
+    # Then it is a bad request
+    with pytest.raises(BadRequest, match="at most"):
+        DicomWebURI(BASE, study=ST, series=SE, instance=IN, frames=(1,) * (MAX_FRAMES_PER_REQUEST + 1))
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,10 @@ Encapsulated pixel data (PS3.5 A.4): fragments are located once; frames map to
 fragments through the Basic Offset Table, one fragment per frame, or all fragments for a
 single frame. Anything else (deflated data sets, bit-packed frames, fragments that
 cannot be assigned) has no index and is served by reading the whole object.
+
+A list of frames is read in as few ranged GETs as the layout allows (:func:`coalesce_reads`):
+frames close together in the object share one read, within bounds on the bytes read
+between them and on the size of one read, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydicom.dataelem import DataElement, RawDataElement
@@ -24,6 +29,17 @@ PIXEL_DATA = 0x7FE00010
 ITEM_TAG = b"\xfe\xff\x00\xe0"
 UNDEFINED = 0xFFFFFFFF
 Range = tuple[int, int]  # (offset in the object, length)
+
+# Reading through a gap of this many bytes between two frames is cheaper than a second GET:
+# an S3 request costs tens of milliseconds before its first byte, 256 KiB a few milliseconds
+# of transfer.
+MAX_READ_GAP = 256 * 1024
+# All gaps read through in one request together: the most memory spent on bytes nobody
+# asked for (a list of frames spread thinly over a large object gets more GETs instead).
+MAX_READ_WASTE = 1024 * 1024
+# One read joining several frames holds at most this many bytes (a whole response is about
+# 4.4 MB); a single frame larger than this is still read whole, on its own.
+MAX_READ_SPAN = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +70,46 @@ class FrameIndex:
     def frame_size(self, number: int) -> int:
         """Bytes of frame ``number`` (1-based) as stored."""
         return sum(length for _, length in self.frames[number - 1])
+
+
+def frame_span(fragments: Sequence[Range]) -> Range:
+    """The bytes from a frame's first fragment to the end of its last (item headers between)."""
+    start = fragments[0][0]
+    end = fragments[-1][0] + fragments[-1][1]
+    return start, end - start
+
+
+def coalesce_reads(
+    spans: Sequence[Range],
+    *,
+    max_gap: int = MAX_READ_GAP,
+    max_waste: int = MAX_READ_WASTE,
+    max_span: int = MAX_READ_SPAN,
+) -> list[tuple[Range, tuple[int, ...]]]:
+    """Ranged reads covering ``spans``, each with the positions (in ``spans``) of those it holds.
+
+    In offset order, a span joins the previous read when the bytes between them are at most
+    ``max_gap``, the gaps read through so far stay within ``max_waste``, and the joined read
+    stays within ``max_span``; otherwise it starts a read of its own. Each span lies wholly
+    in the one read it is assigned to.
+    """
+    order = sorted(range(len(spans)), key=lambda k: spans[k])
+    reads: list[tuple[int, int, list[int]]] = []  # (start, end, members)
+    wasted = 0
+    for k in order:
+        offset, length = spans[k]
+        end = offset + length
+        if reads:
+            start, last_end, members = reads[-1]
+            gap = max(0, offset - last_end)
+            joined_end = max(last_end, end)
+            if offset - last_end <= max_gap and wasted + gap <= max_waste and joined_end - start <= max_span:
+                wasted += gap
+                members.append(k)
+                reads[-1] = (start, joined_end, members)
+                continue
+        reads.append((offset, end, [k]))
+    return [((start, end - start), tuple(members)) for start, end, members in reads]
 
 
 def frame_index(dataset: Dataset, data: bytes, transfer_syntax_uid: str) -> FrameIndex | None:

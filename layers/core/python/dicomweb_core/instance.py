@@ -42,6 +42,7 @@ _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC
 _KNOWN_VRS = {vr.value.encode("ascii") for vr in VR if len(vr.value) == 2}
 _ELEMENT_HEADER_LENGTH = 8
 _EOF_BEFORE_DELIMITER = "End of file reached before delimiter"
+_INFLATE_STEP = 1 << 20  # bytes inflated per step: the most one step holds in memory
 
 # Attributes the index keeps per level: what QIDO-RS returns and matches on
 # (PS3.18 Tables 10.6.3-3/4/5 and 10.6.1-5) plus a few that viewers list.
@@ -258,7 +259,14 @@ def _supported_transfer_syntax(uid: str) -> str:
 def _check_inflated_size(
     data: bytes, meta_end: int, *, limits: Limits, budget: InflationBudget | None
 ) -> None:
-    """Inflate in bounded steps so a deflate bomb costs bounded memory (PS3.5 §A.5)."""
+    """Inflate in bounded steps so a deflate bomb costs bounded memory (PS3.5 §A.5).
+
+    Inflation stops at the end of the deflate stream. Bytes after it are ignored, as
+    pydicom's reader ignores them: writers pad an odd-length stream to even length with a
+    NUL (pydicom does), and some leave a gzip-style trailer (pydicom's ``image_dfl.dcm``).
+    They are never inflated, so they cost nothing. A stream that ends before its final
+    block is a truncated file.
+    """
     if data[meta_end : meta_end + 2] == b"\0\0":
         # pydicom would first read these bytes as uncompressed Command Set (0000,eeee)
         # elements and inflate only what follows, which this check would not see.
@@ -274,10 +282,15 @@ def _check_inflated_size(
     pending = data[meta_end:]
     total = 0
     try:
-        while pending and total <= cap:
-            chunk = inflater.decompress(pending, 1 << 20)
+        # ``unconsumed_tail`` may keep trailing bytes after the end of the stream (CPython
+        # leaves them there as well as in ``unused_data``), so ``eof`` decides when to stop.
+        while not inflater.eof and total <= cap:
+            chunk = inflater.decompress(pending, _INFLATE_STEP)
             total += len(chunk)
-            pending = inflater.unconsumed_tail
+            tail = inflater.unconsumed_tail
+            if not chunk and len(tail) in (0, len(pending)):
+                break  # no input left, or none taken, and no output: the stream is cut short
+            pending = tail
     except zlib.error as exc:
         raise InstanceRejected(
             FailureReason.CANNOT_UNDERSTAND, "the deflated data set is not valid deflate data."
@@ -294,6 +307,11 @@ def _check_inflated_size(
         raise InstanceRejected(
             FailureReason.OUT_OF_RESOURCES,
             f"{where} more than {_describe_size(limits.max_inflated_bytes)}; refused.",
+        )
+    if not inflater.eof:
+        raise InstanceRejected(
+            FailureReason.CANNOT_UNDERSTAND,
+            "the deflated data set is truncated: its deflate stream ends early, before its final block.",
         )
 
 

@@ -51,6 +51,8 @@ class DicomWebURI:
                 validate_uid(value, name=f"{name} UID in the path")
         if self.frames is not None and (not self.frames or any(f < 1 for f in self.frames)):
             raise BadRequest("Frame numbers are 1-based and the list must not be empty.")
+        if self.frames is not None:
+            _check_frame_count(len(self.frames))
 
     @property
     def resource_type(self) -> ResourceType:
@@ -112,9 +114,25 @@ class DicomWebURI:
 
 
 _FRAME_NUMBER_RE = re.compile(r"[0-9]{1,10}")
+# The most frame numbers one frame list may hold (PS3.18 §10.4.1.1.4 sets no limit). Viewers
+# ask for one frame per request (OHIF and Cornerstone: ``/frames/1``; Slim: one tile), and
+# dicomweb-client sends what its caller lists. A thousand numbers of up to five digits
+# make a path of up to 6 KB, within the 8 KB URL that CloudFront carries, and a thousand
+# parts fill one response (about 4.4 MB) with frames of only 4.4 KB each. Each listed number costs a part and
+# a header in the answer, so the list is bounded before anything is read.
+MAX_FRAMES_PER_REQUEST = 1000
+
+
+def _check_frame_count(count: int) -> None:
+    if count > MAX_FRAMES_PER_REQUEST:
+        raise BadRequest(
+            f"A frame list holds at most {MAX_FRAMES_PER_REQUEST} frame numbers; this one has {count}. "
+            "Ask for the frames in several requests."
+        )
 
 
 def _parse_frames(text: str) -> tuple[int, ...]:
+    _check_frame_count(text.count(",") + 1)  # before splitting or matching the numbers
     # ASCII digits only: int() alone would also take "+1", " 1", "1_0" and non-ASCII digits.
     numbers = text.split(",")
     if not all(_FRAME_NUMBER_RE.fullmatch(number) for number in numbers):

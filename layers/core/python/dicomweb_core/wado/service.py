@@ -26,7 +26,7 @@ from pydicom.uid import UID
 from dicomweb_core.config import Settings
 from dicomweb_core.dicom_xml import to_xml
 from dicomweb_core.errors import BadRequest, NotAcceptable, NotFound, PayloadTooLarge
-from dicomweb_core.frames import FrameIndex
+from dicomweb_core.frames import FrameIndex, coalesce_reads, frame_span
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.reader import instances_of, missing, series_item, series_of, study_item
 from dicomweb_core.mediatype import MediaType
@@ -152,7 +152,7 @@ class RetrieveService:
             version = item.sha256
             if _etag_matches(request.if_none_match, version):
                 return _not_modified(version)
-            document = self.reader.read(metadata_key(item.study_uid, item.series_uid, item.sop_uid)).decode()
+            document = self.reader.read(metadata_key(item.s3_key)).decode()
             text = f"[{render(document, base_url)}]"
         elif uri.series is not None:
             series = series_item(uri.study, uri.series)
@@ -192,7 +192,13 @@ class RetrieveService:
 
     # ------------------------------------------------------------------ frames
     def frames(self, request: Request) -> Response[bytes]:
-        """Frames of an instance (PS3.18 §10.4.1.1.4), read by byte range."""
+        """Frames of an instance (PS3.18 §10.4.1.1.4), read by byte range.
+
+        The answer holds one part per number listed, in the order listed, repeats included;
+        each distinct frame is read (and decompressed) once, and the frames of the list are
+        read in as few ranged GETs as their layout allows (``frames.coalesce_reads``). A list
+        whose answer cannot fit one response is refused from the frame index before any read.
+        """
         uri = request.uri
         assert uri.frames is not None
         (item,) = instances_of(
@@ -213,6 +219,7 @@ class RetrieveService:
             return _not_modified(etag)
         index = FrameIndex.from_document(item.frame_index)
         numbers = list(uri.frames)
+        distinct = list(dict.fromkeys(numbers))  # each frame once, in first-listed order
         part_type = (
             choice.part_type
             if choice.part_type != "*/*"
@@ -228,9 +235,12 @@ class RetrieveService:
             )
             if size > RESPONSE_LIMIT:
                 return self._large_frame(uri, item, numbers[0], size, actual=actual, part_type=part_type)
-        pixels = self._frame_bytes(item, index, numbers)
+        if index is not None and max(distinct) <= len(index):
+            _check_frames_fit(index, numbers, metadata)
+        pixels = self._frame_bytes(item, index, distinct)
         if metadata is not None:
-            pixels = self._decoded_frames(item, numbers, pixels, metadata)
+            pixels = self._decoded_frames(item, distinct, pixels, metadata, parts=len(numbers))
+        by_number = dict(zip(distinct, pixels, strict=True))
         parts = [
             (
                 {
@@ -239,11 +249,11 @@ class RetrieveService:
                         uri.base_url, uri.study, uri.series, uri.instance, (number,)
                     ).url,
                 },
-                body,
+                by_number[number],
             )
-            for number, body in zip(uri.frames, pixels, strict=True)
+            for number in numbers
         ]
-        if sum(len(p) for p in pixels) > RESPONSE_LIMIT:
+        if sum(len(body) for _, body in parts) > RESPONSE_LIMIT:
             raise PayloadTooLarge(
                 "The requested frames are too large for one response; ask for fewer frames at a time."
             )
@@ -277,31 +287,22 @@ class RetrieveService:
         return self._redirect(key, None, uri.base_url)
 
     def _decoded_frames(
-        self, item: InstanceItem, numbers: list[int], frames: list[bytes], metadata: dict[str, Any]
+        self,
+        item: InstanceItem,
+        numbers: list[int],
+        frames: list[bytes],
+        metadata: dict[str, Any],
+        *,
+        parts: int,
     ) -> list[bytes]:
         """The compressed ``frames`` decompressed to native pixel bytes (the default Accept).
 
-        The decoded size is known from the metadata, so a frame that could not be sent is
-        refused (413) before it is decoded; a frame the codecs cannot decode is 406.
+        The decoded size is known from the metadata, so an answer of ``parts`` frames that
+        could not be sent is refused (413) before anything is decoded; a frame the codecs
+        cannot decode is 406.
         """
         stored = item.transfer_syntax_uid
-        length = codecs.decoded_frame_length(metadata)
-        if length > RESPONSE_LIMIT:
-            largest = max(len(f) for f in frames)
-            instead = (
-                "ask for it as stored (transfer-syntax=*) and decode it in the client"
-                if largest <= RESPONSE_LIMIT
-                else "retrieve the instance as stored (transfer-syntax=*)"
-            )
-            raise PayloadTooLarge(
-                f"A frame of this instance is {length / 1e6:.1f} MB decompressed, more than one "
-                f"response can carry; {instead}."
-            )
-        if length * len(frames) > RESPONSE_LIMIT:
-            raise PayloadTooLarge(
-                f"The requested frames are {length * len(frames) / 1e6:.1f} MB decompressed, more than "
-                "one response can carry; ask for fewer frames at a time."
-            )
+        _check_decoded_fit(metadata, parts, largest_stored=max(len(f) for f in frames))
         decoded = []
         for number, frame in zip(numbers, frames, strict=True):
             try:
@@ -326,11 +327,8 @@ class RetrieveService:
             for number in numbers:
                 if number > count:
                     raise BadRequest(f"Frame {number} does not exist: the instance has {count} frame(s).")
-            return [self._read_frame(item, index.frames[n - 1]) for n in numbers]  # type: ignore[union-attr]
+            return read_frames(self.reader, item, [index.frames[n - 1] for n in numbers])  # type: ignore[union-attr]
         return _frames_from_object(self.reader.read(item.s3_key, version_id=item.s3_version_id), numbers)
-
-    def _read_frame(self, item: InstanceItem, fragments: Sequence[tuple[int, int]]) -> bytes:
-        return read_frame(self.reader, item, fragments)
 
     # ------------------------------------------------------------------ bulk data
     def bulkdata(self, request: Request, element_path: str) -> Response[bytes]:
@@ -413,18 +411,62 @@ def _response(
 
 def metadata_of(reader: ObjectReader, item: InstanceItem) -> dict[str, Any]:
     """The instance's metadata document (DICOM JSON, built at ingest)."""
-    document: dict[str, Any] = json.loads(
-        reader.read(metadata_key(item.study_uid, item.series_uid, item.sop_uid))
-    )
+    document: dict[str, Any] = json.loads(reader.read(metadata_key(item.s3_key)))
     return document
 
 
 def read_frame(reader: ObjectReader, item: InstanceItem, fragments: Sequence[tuple[int, int]]) -> bytes:
-    """One ranged GET from the first fragment to the last, item headers sliced out."""
-    start = fragments[0][0]
-    end = fragments[-1][0] + fragments[-1][1]
-    span = reader.read(item.s3_key, version_id=item.s3_version_id, byte_range=(start, end - start))
-    return b"".join(span[offset - start : offset - start + length] for offset, length in fragments)
+    """One frame: one ranged GET from its first fragment to its last, item headers sliced out."""
+    (frame,) = read_frames(reader, item, [fragments])
+    return frame
+
+
+def read_frames(
+    reader: ObjectReader, item: InstanceItem, frames: Sequence[Sequence[tuple[int, int]]]
+) -> list[bytes]:
+    """Each frame's bytes (its fragments joined), from as few ranged GETs as the layout allows.
+
+    Frames close together share one GET (``frames.coalesce_reads``); each GET's bytes are
+    dropped once its frames are sliced out, so memory stays near the frames' own size.
+    """
+    found = [b""] * len(frames)
+    for (start, length), members in coalesce_reads([frame_span(f) for f in frames]):
+        span = reader.read(item.s3_key, version_id=item.s3_version_id, byte_range=(start, length))
+        for k in members:
+            found[k] = b"".join(span[offset - start : offset - start + size] for offset, size in frames[k])
+    return found
+
+
+def _check_frames_fit(index: FrameIndex, numbers: Sequence[int], metadata: dict[str, Any] | None) -> None:
+    """Refuse (413), from the frame index and before any read, an answer of ``numbers`` (repeats
+    included) that one response cannot carry."""
+    if metadata is not None:
+        largest = max(index.frame_size(n) for n in numbers)
+        _check_decoded_fit(metadata, len(numbers), largest_stored=largest)
+    elif sum(index.frame_size(n) for n in numbers) > RESPONSE_LIMIT:
+        raise PayloadTooLarge(
+            "The requested frames are too large for one response; ask for fewer frames at a time."
+        )
+
+
+def _check_decoded_fit(metadata: dict[str, Any], parts: int, *, largest_stored: int) -> None:
+    """Refuse (413) ``parts`` decompressed frames that one response cannot carry."""
+    length = codecs.decoded_frame_length(metadata)
+    if length > RESPONSE_LIMIT:
+        instead = (
+            "ask for it as stored (transfer-syntax=*) and decode it in the client"
+            if largest_stored <= RESPONSE_LIMIT
+            else "retrieve the instance as stored (transfer-syntax=*)"
+        )
+        raise PayloadTooLarge(
+            f"A frame of this instance is {length / 1e6:.1f} MB decompressed, more than one "
+            f"response can carry; {instead}."
+        )
+    if length * parts > RESPONSE_LIMIT:
+        raise PayloadTooLarge(
+            f"The requested frames are {length * parts / 1e6:.1f} MB decompressed, more than "
+            "one response can carry; ask for fewer frames at a time."
+        )
 
 
 class StoredFrameDecoder:
