@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import boto3
 import pydicom
 import pytest
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage, UltrasoundImageStorage
 
@@ -33,7 +34,15 @@ from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow import StowService
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
-from tests.generate import make_phi_rich, new_uid, to_part10
+from tests.generate import (
+    STRUCTURED_PHI_VALUES,
+    make_phi_gsps,
+    make_phi_kos,
+    make_phi_rich,
+    make_phi_sr,
+    new_uid,
+    to_part10,
+)
 from tests.lambda_harness import LambdaContext, load_handler, sqs_record
 from tests.moto_stack import provisioned, stow_service
 
@@ -240,6 +249,51 @@ def test_copy_is_stored_with_new_uids_and_no_phi(env: DeidEnv) -> None:
         Bucket=env.primary.bucket_name, Key=primary.s3_key, VersionId=primary.s3_version_id
     )["Body"].read()
     assert original == to_part10(ds)
+
+
+def every_uid(ds: Dataset) -> list[str]:
+    """Every UID of the original that is not defined by the standard, at any depth."""
+    found: list[str] = []
+
+    def collect(_: Dataset, element: DataElement) -> None:
+        if element.VR == "UI" and element.value:
+            found.append(str(element.value))
+
+    ds.walk(collect)
+    return [uid for uid in found if not uid.startswith("1.2.840.10008.")]
+
+
+STRUCTURED = {"comprehensive-sr": make_phi_sr, "gsps": make_phi_gsps, "key-object-selection": make_phi_kos}
+
+
+@pytest.mark.parametrize("make", STRUCTURED.values(), ids=STRUCTURED.keys())
+def test_structured_documents_reach_the_research_store_without_phi(
+    env: DeidEnv, make: Callable[..., Dataset]
+) -> None:
+    # Given an SR, a presentation state or a key object selection (no pixels, so never
+    # quarantined) with PHI in nested content items, staff codes, private blocks and the
+    # original's retrieve URLs, stored in the primary store
+    ds = make()
+    (detail,) = env.store(ds)
+    # When the pipeline processes its event with the template's options
+    outcome = env.deidentify(detail)
+    # Then the copy is stored, and no identifying value, original UID or URL of the
+    # original is in any object of the research bucket (instance, metadata) or its index
+    assert outcome.status == "stored"
+    copy = env.research_copy(ds.SOPInstanceUID)
+    assert copy.SOPClassUID == ds.SOPClassUID
+    assert "ContentSequence" not in copy and "GraphicAnnotationSequence" not in copy
+    also = every_uid(ds)
+    objects = env.research_objects()
+    assert any(key.endswith(".dcm") for key in objects)
+    for key, versions in objects.items():
+        for body in versions:
+            assert_no_phi(body, also=[*STRUCTURED_PHI_VALUES, *also], where=key)
+    assert_no_phi(
+        json.dumps(env.research_index_items()).encode(),
+        also=[*STRUCTURED_PHI_VALUES, *also],
+        where="the research index",
+    )
 
 
 def test_research_events_do_not_loop_back_into_the_queue(env: DeidEnv) -> None:

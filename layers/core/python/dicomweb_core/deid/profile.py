@@ -9,6 +9,21 @@ retaining one if several options apply: K over C over the rest). Combined codes 
 resolved without IOD knowledge to the choice that keeps any data set valid: ``Z/D``,
 ``X/D`` and ``X/Z/D`` → D; ``X/Z`` → Z; ``X/Z/U*`` → U. An unknown code fails safe: X.
 
+Sequences (PS3.15 E.1: an attribute is protected wherever it occurs, at the top level or
+in an item): K and U keep the items and apply the table inside them; C keeps the items but
+inside them keeps only an allow-list of structure (coded and numeric values, references)
+and gives every other attribute a dummy value; D replaces the whole sequence with one item
+in which every attribute has a dummy value (removal or zero length inside it stays so) --
+except Content Sequence and Graphic Annotation Sequence, which are removed, because an SR
+content tree or a presentation state's annotations are valid when absent and a dummy tree
+would be meaningless; Z empties the sequence; X removes it.
+
+Attributes the table does not list are kept, except what points back at the original or
+cannot be checked: URLs (VR UR), AE titles and other locators (Retrieve Location UID, XDS
+and WADO retrieval sequences, media file-set IDs) are removed; other UIDs are replaced like
+U unless they name a definition (SOP classes, transfer syntaxes, coding schemes) or come
+from the standard's root; person names and free text (PN, LT, ST, UT, UC) get dummy values.
+
 Stateless and consistent: replacement UIDs (``2.25.`` + 128 bits) and the per-patient date
 shift are derived with HMAC-SHA256 under a secret key, so the same original always maps to
 the same result in any process, and nobody without the key can reverse the mapping or
@@ -29,6 +44,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
@@ -45,6 +61,98 @@ _COMBINED = {"Z/D": "D", "X/D": "D", "X/Z/D": "D", "X/Z": "Z", "X/Z/U*": "U", "X
 _KNOWN = {"D", "Z", "X", "K", "C", "U"}
 ORIGINAL_ATTRIBUTES_SEQUENCE = 0x04000561
 ICON_IMAGE_SEQUENCE = 0x00880200
+CONTENT_SEQUENCE = 0x0040A730
+GRAPHIC_ANNOTATION_SEQUENCE = 0x00700001
+DICOM_UID_ROOT = "1.2.840.10008."  # UIDs the standard itself defines (PS3.6 Annex A)
+
+
+def _tags(*keywords: str) -> frozenset[int]:
+    found = {keyword: tag_for_keyword(keyword) for keyword in keywords}
+    unknown = [keyword for keyword, tag in found.items() if tag is None]
+    if unknown:
+        raise LookupError(f"not in pydicom's data dictionary: {unknown}")
+    return frozenset(tag for tag in found.values() if tag is not None)
+
+
+# D on these sequences removes them: both may be absent in a valid object (Content Sequence
+# is Type 1C, required only when the item has children, PS3.3 C.17.3; the Graphic
+# Annotation Module is U in every presentation state IOD), and one dummy content item or
+# annotation would carry no meaning.
+_REMOVED_FOR_D = frozenset({CONTENT_SEQUENCE, GRAPHIC_ANNOTATION_SEQUENCE})
+# Where the original can be fetched from (not in Table E.1-1): never in the research copy.
+_LOCATORS = _tags(
+    "RetrieveLocationUID",
+    "RepositoryUniqueID",
+    "HomeCommunityID",
+    "StorageMediaFileSetID",
+    "DICOMRetrievalSequence",
+    "DICOMMediaRetrievalSequence",
+    "WADORetrievalSequence",
+    "XDSRetrievalSequence",
+    "WADORSRetrievalSequence",
+)
+# UIDs that name a definition (what something is), not an instance: never replaced.
+_DEFINITION_UIDS = _tags(
+    "SOPClassUID",
+    "ReferencedSOPClassUID",
+    "RelatedGeneralSOPClassUID",
+    "OriginalSpecializedSOPClassUID",
+    "SOPClassesInStudy",
+    "PertinentSOPClassesInStudy",
+    "PertinentSOPClassesInSeries",
+    "ReferencedSOPClassUIDInFile",
+    "ReferencedRelatedGeneralSOPClassUIDInFile",
+    "ReferencedTransferSyntaxUIDInFile",
+    "StoredInstanceTransferSyntaxUID",
+    "AvailableTransferSyntaxUID",
+    "FlowTransferSyntaxUID",
+    "MACCalculationTransferSyntaxUID",
+    "EncryptedContentTransferSyntaxUID",
+    "CodingSchemeUID",
+    "ContextUID",
+    "MappingResourceUID",
+)
+# Coded entries (PS3.3 8.8) are kept inside a cleaned sequence only when their coding
+# scheme is a published one (PS3.16 Table 8-1); a local scheme may code a person or a site.
+_CODE_ATTRIBUTES = _tags(
+    "CodeValue",
+    "LongCodeValue",
+    "CodingSchemeDesignator",
+    "CodingSchemeVersion",
+    "CodeMeaning",
+    "ExtendedCodeMeaning",
+)
+_PUBLISHED_SCHEMES = frozenset(
+    {
+        "DCM",
+        "SCT",
+        "SRT",
+        "SNM3",
+        "99SDM",
+        "LN",
+        "UCUM",
+        "FMA",
+        "RADLEX",
+        "NCIt",
+        "UMLS",
+        "NCDR",
+        "I10",
+        "I9C",
+    }
+)
+_STRUCTURE_VRS = frozenset(
+    {"CS", "AT", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "DS", "IS", "OF", "OD", "OL", "OV"}
+)
+_FREE_TEXT_VRS = frozenset({"PN", "LT", "ST", "UT", "UC"})
+_LOCATOR_VRS = frozenset({"UR", "AE"})
+
+
+class _Scope(Enum):
+    """What happens to attributes that the table lets through, by enclosing sequence."""
+
+    KEEP = "keep"  # the top level, and items of K and U sequences
+    CLEAN = "clean"  # items of C sequences: an allow-list of structure, dummies for the rest
+    DUMMY = "dummy"  # the one item that replaces a D sequence: dummies for everything
 
 
 class Dates(Enum):
@@ -191,7 +299,7 @@ class Deidentifier:
         patient = str(dataset.get("PatientID", "") or "") + "\0" + str(dataset.get("PatientName", "") or "")
         shift = self.date_shift(patient)
         output = Dataset()
-        self._apply(dataset, output, shift, depth=0)
+        self._apply(dataset, output, shift, depth=0, scope=_Scope.KEEP)
         output.PatientIdentityRemoved = "YES"
         output.PatientID = self.pseudonym(patient)  # the same pseudonym for every study of the patient
         output.LongitudinalTemporalInformationModified = {
@@ -206,33 +314,60 @@ class Deidentifier:
         output.file_meta = self._file_meta(dataset, output)
         return output
 
-    def _apply(self, source: Dataset, target: Dataset, shift: timedelta, *, depth: int) -> None:
+    def _apply(
+        self, source: Dataset, target: Dataset, shift: timedelta, *, depth: int, scope: _Scope
+    ) -> None:
         if depth > MAX_DEPTH:
             raise ValueError(f"sequences nest more than {MAX_DEPTH} levels")
         for element in source:
             if element.tag in (ORIGINAL_ATTRIBUTES_SEQUENCE, ICON_IMAGE_SEQUENCE):
                 continue
-            rule = table().rule_for(int(element.tag))
-            action = rule.action(self._columns) if rule is not None else "K"
-            if element.tag.is_private and self.options.retain_safe_private:
-                action = "X"  # no safe-private list is configured: nothing private is known safe
-            replacement = self._act(element, action, shift, depth)
+            action = self._action(source, element, scope)
+            replacement = self._act(element, action, shift, depth, scope)
             if replacement is not None:
                 target.add(replacement)
 
-    def _act(self, element: DataElement, action: str, shift: timedelta, depth: int) -> DataElement | None:
+    def _action(self, item: Dataset, element: DataElement, scope: _Scope) -> str:
+        """The action code for ``element`` of ``item`` inside a sequence of ``scope``."""
+        rule = table().rule_for(int(element.tag))
+        if element.tag.is_private and self.options.retain_safe_private:
+            action = "X"  # no safe-private list is configured: nothing private is known safe
+        elif rule is not None:
+            action = rule.action(self._columns)
+        else:
+            action = self._unlisted(item, element, scope)
+        if scope is _Scope.DUMMY and action not in ("X", "Z") and not (element.VR == "UI" and action == "K"):
+            return "D"  # nothing of a D sequence's item is kept, but UIDs follow the UID policy
+        return action
+
+    def _unlisted(self, item: Dataset, element: DataElement, scope: _Scope) -> str:
+        """The action for an attribute Table E.1-1 does not list (kept by the profile)."""
+        vr = element.VR
+        if element.tag in _LOCATORS or vr in _LOCATOR_VRS:
+            return "X"
+        if vr == "UI":
+            return "K" if element.tag in _DEFINITION_UIDS or self.options.retain_uids else "U"
+        if vr == "SQ":
+            return "K"  # the enclosing scope carries over to the items
+        if scope is _Scope.KEEP:
+            return "D" if vr in _FREE_TEXT_VRS and element.tag not in _CODE_ATTRIBUTES else "K"
+        if vr in _STRUCTURE_VRS:
+            return "K"
+        if (
+            element.tag in _CODE_ATTRIBUTES
+            and str(item.get("CodingSchemeDesignator", "")) in _PUBLISHED_SCHEMES
+        ):
+            return "K"
+        return "D"
+
+    def _act(
+        self, element: DataElement, action: str, shift: timedelta, depth: int, scope: _Scope
+    ) -> DataElement | None:
         vr = element.VR
         if action == "X":
             return None
         if vr == "SQ":
-            if action == "Z":
-                return DataElement(element.tag, "SQ", Sequence())
-            items = []
-            for item in element.value:
-                cleaned = Dataset()
-                self._apply(item, cleaned, shift, depth=depth + 1)
-                items.append(cleaned)
-            return DataElement(element.tag, "SQ", Sequence(items))
+            return self._sequence(element, action, shift, depth, scope)
         if action == "K":
             return DataElement(element.tag, vr, element.value)
         if action == "U" or (vr == "UI" and action in ("D", "C")):
@@ -245,12 +380,38 @@ class Deidentifier:
             return DataElement(element.tag, vr, element.value)  # times of day are kept; dates move
         if action == "C":
             return DataElement(element.tag, vr, _empty(vr))  # free text cannot be cleaned safely
-        return DataElement(element.tag, vr, _dummy(vr))  # D
+        return DataElement(element.tag, vr, _dummy_like(element))  # D
+
+    def _sequence(
+        self, element: DataElement, action: str, shift: timedelta, depth: int, scope: _Scope
+    ) -> DataElement | None:
+        """Z: no items. D: one item of dummy values (or removal, _REMOVED_FOR_D). K, U: the
+        items with the table applied. C: the items cleaned to an allow-list."""
+        if action == "Z":
+            return DataElement(element.tag, "SQ", Sequence())
+        if action == "D":
+            if element.tag in _REMOVED_FOR_D:
+                return None
+            originals, inner = list(element.value)[:1], _Scope.DUMMY
+        else:
+            originals = list(element.value)
+            inner = _Scope.CLEAN if action == "C" and scope is _Scope.KEEP else scope
+        items = []
+        for original in originals:
+            cleaned = Dataset()
+            self._apply(original, cleaned, shift, depth=depth + 1, scope=inner)
+            items.append(cleaned)
+        return DataElement(element.tag, "SQ", Sequence(items))
 
     def _uids(self, value: Any) -> Any:
         if isinstance(value, list | tuple | MultiValue):
-            return [self.uid(str(v)) for v in value]
-        return self.uid(str(value)) if value else value
+            return [self._replace_uid(str(v)) for v in value]
+        return self._replace_uid(str(value)) if value else value
+
+    def _replace_uid(self, original: str) -> str:
+        """The replacement UID, except for UIDs the standard defines (a well-known frame of
+        reference, a SOP class): those identify no patient and must keep their meaning."""
+        return original if original.startswith(DICOM_UID_ROOT) else self.uid(original)
 
     def _file_meta(self, source: Dataset, output: Dataset) -> FileMetaDataset:
         meta = FileMetaDataset()
@@ -273,6 +434,15 @@ def _empty(vr: str) -> Any:
     return None if vr not in ("OB", "OW", "UN", "OF", "OD", "OL", "OV") else b""
 
 
+def _dummy_like(element: DataElement) -> Any:
+    """A dummy value of the element's VR with the element's multiplicity (so a Type 1
+    attribute of VM 2, such as a bounding box corner, stays valid)."""
+    value = _dummy(element.VR)
+    if isinstance(value, bytes) or element.VM <= 1:
+        return value
+    return [value] * element.VM
+
+
 def _dummy(vr: str) -> Any:
     return {
         "PN": DUMMY_NAME,
@@ -292,6 +462,13 @@ def _dummy(vr: str) -> Any:
         "OB": b"",
         "OW": b"",
         "UN": b"",
+        "OF": b"",
+        "OD": b"",
+        "OL": b"",
+        "OV": b"",
+        "UV": 0,
+        "SV": 0,
+        "AT": 0,
     }.get(vr, DUMMY_TEXT)
 
 
