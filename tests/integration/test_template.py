@@ -6,16 +6,20 @@ route, bucket or table is checked without touching this file.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dicomweb_core import audit
+from dicomweb_core.observability import logger
 from infra.samtemplate import REPO_ROOT, TEMPLATE_PATH, Route, load_template
 
 VENV_BIN = Path(sys.executable).parent
@@ -352,6 +356,108 @@ def test_the_audit_policy_only_appends_to_the_audit_group() -> None:
     (statement,) = TEMPLATE.resources["AuditWritePolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]
     assert "AuditLogGroup.Arn" in json.dumps(statement["Resource"])
+
+
+# ---------------------------------------------------------------- observability
+TRACER_CAPTURE_SETTINGS = ("POWERTOOLS_TRACER_CAPTURE_RESPONSE", "POWERTOOLS_TRACER_CAPTURE_ERROR")
+JSON_FILTER_TERM = re.compile(r'\$\.(?P<path>[A-Za-z_][\w.]*)\s*(?P<op>!?=)\s*"(?P<value>[^"]*)"')
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE.functions()))
+def test_no_function_captures_responses_or_errors_into_traces(name: str) -> None:
+    # Given a function's environment (Globals merged with its own)
+    environment = TEMPLATE.functions()[name].environment
+
+    # Then Powertools' Tracer puts neither its responses nor its errors (PHI) in X-Ray
+    assert {setting: environment.get(setting) for setting in TRACER_CAPTURE_SETTINGS} == dict.fromkeys(
+        TRACER_CAPTURE_SETTINGS, "false"
+    )
+
+
+def _filter_matches(pattern: str, line: str) -> bool:
+    """CloudWatch Logs JSON filter pattern semantics for ``{ $.a = "x" && $.b != "y" }``
+    (``*`` a wildcard); any other syntax fails the test rather than being ignored."""
+    body = pattern.strip()
+    assert body.startswith("{") and body.endswith("}"), f"not a JSON filter pattern: {pattern}"
+    record = json.loads(line)
+    for term in body[1:-1].split("&&"):
+        found = JSON_FILTER_TERM.fullmatch(term.strip())
+        assert found is not None, f"unsupported filter term {term!r} in {pattern}"
+        value: Any = record
+        for key in found["path"].split("."):
+            value = value.get(key) if isinstance(value, Mapping) else None
+        expected = ".*".join(re.escape(part) for part in found["value"].split("*"))
+        equal = isinstance(value, str) and re.fullmatch(expected, value) is not None
+        if equal is (found["op"] == "!="):
+            return False
+    return True
+
+
+def _function_log_lines(monkeypatch: pytest.MonkeyPatch, write: Callable[[], object]) -> list[str]:
+    """The JSON lines the functions' Powertools logger writes while ``write`` runs."""
+    buffer = io.StringIO()
+    monkeypatch.setattr(logger.registered_handler, "stream", buffer)
+    write()
+    return buffer.getvalue().splitlines()
+
+
+def test_lost_audit_records_are_counted_in_every_auditing_function_and_alarmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the line a function logs when its audit record cannot be written
+    class Broken:
+        def write(self, message: Any) -> None:
+            raise OSError("audit group unreachable")
+
+    monkeypatch.setattr(audit, "sink", Broken)
+    (lost,) = _function_log_lines(
+        monkeypatch,
+        lambda: audit.emit(
+            audit.record(audit.AuditEvent.QUERY, action="E", outcome=0, requestor=audit.SYSTEM)
+        ),
+    )
+    # And other error and audit lines from the same functions
+    others = _function_log_lines(
+        monkeypatch,
+        lambda: (
+            logger.error("audit record could not be built in full"),
+            logger.info(audit.AUDIT_WRITE_FAILED),
+            logger.error("unexpected error"),
+        ),
+    )
+    assert len(others) == 3
+
+    # When the template's metric filters are read
+    alarm = TEMPLATE.resources["AuditWriteFailureAlarm"]["Properties"]
+    counted: set[str] = set()
+    for name, metric_filter in TEMPLATE.resources_of_type("AWS::Logs::MetricFilter").items():
+        props = metric_filter["Properties"]
+        (transformation,) = props["MetricTransformations"]
+        if (transformation["MetricNamespace"], transformation["MetricName"]) != (
+            alarm["Namespace"],
+            alarm["MetricName"],
+        ):
+            continue
+        # Then each matches exactly that line, and counts it once
+        assert _filter_matches(props["FilterPattern"], lost), name
+        assert not any(_filter_matches(props["FilterPattern"], line) for line in others), name
+        assert transformation["MetricValue"] == "1"
+        counted.add(props["LogGroupName"]["Ref"])
+
+    # And every function that writes audit records has its log group counted
+    auditing = {
+        props["LoggingConfig"]["LogGroup"]["Ref"]
+        for props in (TEMPLATE.resources[name]["Properties"] for name in TEMPLATE.functions())
+        if {"Ref": "AuditWritePolicy"} in props.get("Policies", [])
+    }
+    assert auditing and auditing <= counted, auditing - counted
+    # And the first lost record raises the alarm
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "Sum",
+        0,
+        "GreaterThanThreshold",
+    )
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
 
 
 def test_hooks_are_bounded_and_dead_lettered_with_alarms() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import pytest
 
 from dicomweb_core import audit
 from dicomweb_core.group_scopes import customise, parse_group_scopes
+from dicomweb_core.observability import logger
 from infra.samtemplate import load_template
 
 
@@ -140,6 +143,83 @@ def test_a_broken_sink_does_not_fail_the_request(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(audit, "sink", Broken)
     audit.emit({"EventIdentification": {}})  # logged, not raised
+
+
+@pytest.fixture
+def function_log(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """What the functions' Powertools logger writes (to CloudWatch, in Lambda), as written."""
+    buffer = io.StringIO()
+    monkeypatch.setattr(logger.registered_handler, "stream", buffer)
+    return buffer
+
+
+def test_a_lost_record_leaves_only_its_reference_in_the_function_log(
+    aws: None, function_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a study-level search for a patient by name and ID, whose audit record names them
+    query = "PatientName=Doe%5EJane&PatientID=PID-12345"
+    event = http_event(
+        "GET /studies/{study}/series",
+        claims={"sub": "user-1", "client_id": "client-9"},
+        pathParameters={"study": "1.2.826.0.1.3680043.2.1125.77"},
+        rawPath="/studies/1.2.826.0.1.3680043.2.1125.77/series",
+        rawQueryString=query,
+    )
+    message = audit.http_message(event, 200, patient_of=lambda study: "PID-12345")
+    assert "PID-12345" in json.dumps(message)
+    # And an audit log group that cannot be written to (here: it does not exist)
+    monkeypatch.setattr(audit, "sink", lambda: audit.CloudWatchSink("missing", client=boto3.client("logs")))
+
+    # When the record is emitted
+    audit.emit(message)
+
+    # Then one error line names nothing the record is about: no patient, no query (plain,
+    # decoded or base64), no UID, no user
+    (line,) = function_log.getvalue().splitlines()
+    encoded = base64.b64encode(query.encode()).decode()
+    for secret in (
+        "PID-12345",
+        "Doe",
+        "PatientName",
+        query,
+        encoded,
+        "1.2.826.0.1.3680043.2.1125.77",
+        "user-1",
+    ):
+        assert secret not in line, secret
+    # And it references the record by request, event, action, outcome and time
+    logged = json.loads(line)
+    assert (logged["level"], logged["message"]) == ("ERROR", audit.AUDIT_WRITE_FAILED)
+    assert logged["audit_reference"] == {
+        "RequestID": "req-1",
+        "Route": "GET /studies/{study}/series",
+        "Store": "primary",
+        "EventID": "110112",
+        "EventActionCode": "E",
+        "EventOutcomeIndicator": 0,
+        "EventDateTime": message["EventIdentification"]["EventDateTime"],
+    }
+    assert logged["error"] == "ResourceNotFoundException: ResourceNotFoundException"
+
+
+def test_a_failure_whose_error_quotes_the_record_does_not_leak_it(
+    function_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a sink whose failure message repeats what it was given
+    class Echoing:
+        def write(self, message: Any) -> None:
+            raise ValueError(f"cannot write {json.dumps(message)}")
+
+    monkeypatch.setattr(audit, "sink", Echoing)
+    event = http_event("GET /studies", rawQueryString="PatientName=Doe%5EJane")
+
+    # When a record is emitted
+    audit.emit(audit.http_message(event, 200))
+
+    # Then the error is named but its message is not logged
+    (line,) = function_log.getvalue().splitlines()
+    assert json.loads(line)["error"] == "ValueError"
+    assert "Doe" not in line and "UGF0aWVudE5hbWU" not in line
 
 
 def test_cloudwatch_sink_writes_to_its_own_log_group(aws: None) -> None:

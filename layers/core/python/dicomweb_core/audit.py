@@ -286,12 +286,52 @@ def sink() -> AuditSink:
     return LogSink()
 
 
+# The function-log line that says an audit record was lost. template.yaml's
+# AuditWriteFailure metric filters match its message exactly: change both together.
+AUDIT_WRITE_FAILED = "audit record could not be written"
+
+
+def reference(message: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies a record without disclosing anything it is about.
+
+    The request id (which the API access log in the audit group and the function log
+    also carry), the route template, the store, the EventID, action, outcome and time.
+    Never a participant object (patient ID, UIDs, the base64 query with the searched
+    names), a requestor, nor the outcome description (a hook puts error text there)."""
+    identification = message.get("EventIdentification") or {}
+    event_id = identification.get("EventID") or {}
+    found = {
+        "RequestID": message.get("RequestID"),
+        "Route": message.get("Route"),
+        "Store": message.get("Store"),
+        "EventID": event_id.get("csd-code") if isinstance(event_id, Mapping) else None,
+        "EventActionCode": identification.get("EventActionCode"),
+        "EventOutcomeIndicator": identification.get("EventOutcomeIndicator"),
+        "EventDateTime": identification.get("EventDateTime"),
+    }
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def _error_name(error: Exception) -> str:
+    """The failure's class and AWS error code, never its message (which may quote input)."""
+    response = getattr(error, "response", None)
+    code = (response.get("Error") or {}).get("Code") if isinstance(response, Mapping) else None
+    return f"{type(error).__name__}: {code}" if code else type(error).__name__
+
+
 def emit(message: Mapping[str, Any]) -> None:
-    """Write one record; a failure to audit is logged loudly but does not fail the request."""
+    """Write one record; a failure to audit is logged loudly but does not fail the request.
+
+    Fail-open: an audit outage is not a clinical outage. The function log is not the audit
+    trail (other readers, shorter retention), so the lost record goes there only as its
+    :func:`reference`, at error level under :data:`AUDIT_WRITE_FAILED`, which a metric
+    filter counts and an alarm watches (template.yaml ``AuditWriteFailureAlarm``)."""
     try:
         sink().write(message)
-    except Exception:
-        logger.exception("audit record could not be written", extra={"audit": message})
+    except Exception as error:
+        logger.error(
+            AUDIT_WRITE_FAILED, extra={"audit_reference": reference(message), "error": _error_name(error)}
+        )
 
 
 # ------------------------------------------------------------------ HTTP requests
