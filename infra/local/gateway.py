@@ -10,8 +10,10 @@ map its result back to HTTP.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -22,9 +24,13 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
+from xml.sax.saxutils import escape as xml_escape
 
 import requests
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from dicomweb_core import audit
 from infra.local.auth import AuthorizationFailure, AuthorizedRequest, JwtAuthorizer
@@ -34,6 +40,11 @@ from infra.samtemplate import Route
 # AWS limits (DESIGN.md): HTTP API payload, Lambda synchronous invocation payload.
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 MAX_INVOKE_PAYLOAD_BYTES = 6 * 1024 * 1024
+# S3's ceiling on a presigned URL's lifetime (SigV4 query authentication: one week).
+MAX_LINK_LIFETIME_S = 7 * 24 * 3600
+# One write per response up to this size; a larger body follows its head in a second write.
+_SINGLE_WRITE_BYTES = 1024 * 1024
+_STATUS_CODES = frozenset(status.value for status in HTTPStatus)
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
 
 
@@ -327,30 +338,80 @@ class Gateway:
         return _http_response(result)
 
 
+@dataclass(frozen=True)
+class LinkSigningKey:
+    """The credentials the local runtime signs object links with, and checks them with.
+
+    moto accepts any credentials and verifies no signature, so a fixed, well-known key
+    would let anyone mint a link to any object. The runtime draws a fresh secret at each
+    start and gives it to the function workers only (as their ``AWS_SECRET_ACCESS_KEY``):
+    the core's presigner signs with it exactly as it signs with the function role's
+    credentials in the cloud, and :class:`ObjectProxy` verifies with it as S3 does."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    region: str
+
+    @classmethod
+    def generate(cls, region: str, *, access_key_id: str = "local") -> LinkSigningKey:
+        return cls(access_key_id, secrets.token_urlsafe(32), region)
+
+    def environment(self) -> dict[str, str]:
+        """The variables a worker signs with (boto3's default credential chain reads them)."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key}
+
+    def signature(self, method: str, url: str, query: Mapping[str, str], amz_date: str) -> str:
+        """The SigV4 query signature S3 expects for ``method url?query`` signed at ``amz_date``.
+
+        botocore's own presigned-URL signer computes it, pinned to the link's X-Amz-Date
+        instead of the current time; ``query`` is every parameter but X-Amz-Signature."""
+        signer = S3SigV4QueryAuth(Credentials(self.access_key_id, self.secret_access_key), "s3", self.region)
+        request = AWSRequest(method=method, url=url, params=dict(query))
+        request.context["timestamp"] = amz_date
+        canonical_request = signer.canonical_request(request)
+        return str(signer.signature(signer.string_to_sign(request, canonical_request), request))
+
+
 class ObjectProxy:
     """CloudFront's bucket behaviors, locally: presigned object paths on the API's own host.
 
     As deployed, ``/studies/*.dcm`` and ``/bundles/*`` (the template's distribution) go to
-    the bucket with only the query string; S3 checks the presigned signature and its
-    expiry. Locally the object comes from moto; the expiry is checked here (moto does not
-    check signatures), so an expired link fails as it would in the cloud."""
+    the bucket with only the query string, and S3 checks the SigV4 query signature and its
+    expiry. moto checks neither, so this proxy does it before fetching anything: it
+    recomputes the signature for the bucket's path-style URL on the moto endpoint (the
+    host and path the core's presigner signed) with the runtime's :class:`LinkSigningKey`,
+    and answers as S3 would (403 ``AccessDenied``, ``SignatureDoesNotMatch``, ...). A path
+    with an empty, ``.`` or ``..`` segment, encoded or not, or an encoded separator is
+    refused outright, so the object fetched is always the one the signature covers.
 
-    def __init__(self, routes: Sequence[tuple[re.Pattern[str], str]], endpoint_url: str) -> None:
+    Without a key (``key=None``) the proxy draws one nobody else holds and so refuses
+    every link."""
+
+    def __init__(
+        self,
+        routes: Sequence[tuple[re.Pattern[str], str]],
+        endpoint_url: str,
+        *,
+        key: LinkSigningKey | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.routes = list(routes)  # (path pattern, bucket name)
         self.endpoint_url = endpoint_url.rstrip("/")
+        self.key = key or LinkSigningKey.generate("us-east-1")
+        self.clock = clock
 
     def serve(self, method: str, path: str, query: str) -> GatewayResponse | None:
+        """The object for a signed link, an S3 error, or None when no bucket route matches."""
         bucket = next((name for pattern, name in self.routes if pattern.match(path)), None)
         if bucket is None:
             return None
-        parameters = dict(parse_qsl(query))
-        if "X-Amz-Signature" not in parameters:
-            return _s3_error(HTTPStatus.FORBIDDEN, "AccessDenied", "Query-string authentication required")
-        signed = datetime.strptime(parameters.get("X-Amz-Date", "19700101T000000Z"), "%Y%m%dT%H%M%SZ")
-        expires = int(parameters.get("X-Amz-Expires", "0"))
-        if (datetime.now(UTC) - signed.replace(tzinfo=UTC)).total_seconds() > expires:
-            return _s3_error(HTTPStatus.FORBIDDEN, "AccessDenied", "Request has expired")
-        answer = requests.request(method, f"{self.endpoint_url}/{bucket}{path}?{query}", timeout=300)
+        if not _plain_path(path):
+            return _s3_error(HTTPStatus.BAD_REQUEST, "InvalidURI", "Couldn't parse the specified URI.")
+        url = f"{self.endpoint_url}/{bucket}{path}"
+        refusal = self._refusal(method, url, query)
+        if refusal is not None:
+            return refusal
+        answer = requests.request(method, f"{url}?{query}", timeout=300)
         headers = {
             name.lower(): value
             for name, value in answer.headers.items()
@@ -358,9 +419,73 @@ class ObjectProxy:
         }
         return GatewayResponse(answer.status_code, headers, answer.content)
 
+    def _refusal(self, method: str, url: str, query: str) -> GatewayResponse | None:
+        """S3's answer to a link whose query-string authentication fails, None when it holds."""
+        parameters: dict[str, str] = {}
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            if name in parameters:  # never in a link the runtime signs; ambiguous to check
+                return _query_auth_error(f"{name} must appear once.")
+            parameters[name] = value
+        if "X-Amz-Signature" not in parameters:
+            return _s3_error(HTTPStatus.FORBIDDEN, "AccessDenied", "Query-string authentication required")
+        try:
+            signed = datetime.strptime(parameters.get("X-Amz-Date", ""), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            return _query_auth_error("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
+        expires = parameters.get("X-Amz-Expires", "")
+        if not expires.isdigit() or not 1 <= int(expires) <= MAX_LINK_LIFETIME_S:
+            return _query_auth_error(f"X-Amz-Expires must be 1 to {MAX_LINK_LIFETIME_S} seconds.")
+        if (self.clock() - signed).total_seconds() > int(expires):
+            return _s3_error(HTTPStatus.FORBIDDEN, "AccessDenied", "Request has expired")
+        if parameters.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256" or "X-Amz-Credential" not in parameters:
+            return _query_auth_error(
+                "Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential,"
+                " X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters."
+            )
+        if parameters["X-Amz-Credential"].split("/", 1)[0] != self.key.access_key_id:
+            return _s3_error(
+                HTTPStatus.FORBIDDEN,
+                "InvalidAccessKeyId",
+                "The AWS Access Key Id you provided does not exist in our records.",
+            )
+        unsigned = {name: value for name, value in parameters.items() if name != "X-Amz-Signature"}
+        expected = self.key.signature(method, url, unsigned, parameters["X-Amz-Date"])
+        if parameters.get("X-Amz-SignedHeaders") != "host" or not hmac.compare_digest(
+            expected.encode(), parameters["X-Amz-Signature"].encode()
+        ):
+            return _s3_error(
+                HTTPStatus.FORBIDDEN,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            )
+        return None
+
+
+def _plain_path(path: str) -> bool:
+    """True when every segment of a raw request path names itself.
+
+    No empty (``//``), ``.`` or ``..`` segment, plain or percent-encoded, and no encoded
+    ``/``, ``\\``, ``%`` or control character: nothing that the HTTP client (which removes
+    dot segments) or moto (which decodes the path) could turn into another key or bucket."""
+    if not path.startswith("/"):
+        return False
+    for segment in path[1:].split("/"):
+        try:
+            decoded = unquote(segment, errors="strict")
+        except UnicodeDecodeError:
+            return False
+        if decoded in {"", ".", ".."} or not decoded.isprintable() or any(c in decoded for c in "/\\%"):
+            return False
+    return True
+
+
+def _query_auth_error(message: str) -> GatewayResponse:
+    return _s3_error(HTTPStatus.BAD_REQUEST, "AuthorizationQueryParametersError", message)
+
 
 def _s3_error(status: HTTPStatus, code: str, message: str) -> GatewayResponse:
-    body = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message>"
+    body = "<?xml version='1.0' encoding='UTF-8'?>"
+    body += f"<Error><Code>{code}</Code><Message>{xml_escape(message)}</Message>"
     body += "</Error>"
     return GatewayResponse(int(status), {"content-type": "application/xml"}, body.encode())
 
@@ -412,6 +537,10 @@ def make_server(gateway: Gateway, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "local-apigateway"
+        # TCP_NODELAY on each accepted socket: with Nagle's algorithm a response's last
+        # small segment waits for the ACK of the previous one, which a kept-alive client
+        # delays by up to 40 ms (delayed ACK), on every request of the connection.
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             headers: dict[str, str] = {}
@@ -440,13 +569,29 @@ def make_server(gateway: Gateway, host: str, port: int) -> ThreadingHTTPServer:
             self._send(response)
 
         def _send(self, response: GatewayResponse) -> None:
-            self.send_response(response.status)
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.send_header("content-length", str(len(response.body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(response.body)
+            """Status line, headers and body in one write (two for a body over 1 MiB)."""
+            self.log_request(response.status)
+            reason = HTTPStatus(response.status).phrase if response.status in _STATUS_CODES else ""
+            # One Content-Length, the body's; a HEAD answer keeps the object's size.
+            length = str(len(response.body))
+            if self.command == "HEAD" and not response.body:
+                length = response.headers.get("content-length", length)
+            lines = [
+                f"{self.protocol_version} {response.status} {reason}",
+                f"server: {self.version_string()}",
+                f"date: {self.date_time_string()}",
+                *(f"{name}: {value}" for name, value in response.headers.items() if name != "content-length"),
+                f"content-length: {length}",
+            ]
+            if response.headers.get("connection", "").lower() == "close":
+                self.close_connection = True
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            body = b"" if self.command == "HEAD" else response.body
+            if len(body) <= _SINGLE_WRITE_BYTES:
+                self.wfile.write(head + body)
+            else:
+                self.wfile.write(head)
+                self.wfile.write(body)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_HEAD = do_PATCH = _serve
 

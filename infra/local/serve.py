@@ -10,6 +10,7 @@ $LOCAL_DIR/events.jsonl. Ctrl-C (or SIGTERM) saves the state and stops cleanly.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from infra.local.auth import (
     issue_role_tokens,
     write_tokens_file,
 )
-from infra.local.gateway import CorsPolicy, Gateway, ObjectProxy, make_server
+from infra.local.gateway import CorsPolicy, Gateway, LinkSigningKey, ObjectProxy, make_server
 from infra.local.loader import load_folder
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import ACCOUNT_ID, provision
@@ -54,7 +55,8 @@ LOCAL_VIEWER_ORIGINS = (
     "http://127.0.0.1:5173",
     "http://localhost:8042",
 )
-# Fake credentials for moto, set before boto3 is imported by anything.
+# Credentials for moto (which accepts any), set before boto3 is imported by anything. The
+# functions sign object links with a secret drawn at each start instead (LinkSigningKey).
 _AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",
@@ -98,6 +100,9 @@ class Options:
             "--load", type=Path, default=Path(os.environ["LOAD"]) if os.environ.get("LOAD") else None
         )
         args = parser.parse_args(argv)
+        refusal = unauthenticated_exposure(auth=args.auth == "on", host=args.host)
+        if refusal is not None:
+            parser.error(refusal)
         origins = os.environ.get("CORS_ORIGINS")
         return cls(
             host=args.host,
@@ -110,10 +115,34 @@ class Options:
         )
 
 
+def is_loopback(host: str) -> bool:
+    """True when a listener on ``host`` is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every interface)
+
+
+def unauthenticated_exposure(*, auth: bool, host: str) -> str | None:
+    """Why the runtime must not start without its authorizer on ``host``; None when it may."""
+    if auth or is_loopback(host):
+        return None
+    return (
+        "AUTH=off lets anyone who can reach the port read, store and delete every study; it is"
+        " allowed on a loopback host only (127.0.0.1, ::1, localhost), not on"
+        f" {host or 'every interface'!r}. Keep AUTH=on, or listen on HOST=127.0.0.1."
+    )
+
+
 class LocalStack:
     """Everything `make serve` runs, startable from tests too."""
 
     def __init__(self, options: Options, template: Template | None = None) -> None:
+        refusal = unauthenticated_exposure(auth=options.auth, host=options.host)
+        if refusal is not None:
+            raise ValueError(refusal)
         self.options = options
         self.template = template or load_template()
         self.base_url = f"http://{options.host}:{options.port}"
@@ -123,6 +152,9 @@ class LocalStack:
         self.audit_path = options.local_dir / "audit.jsonl"
         self._stopping = threading.Event()
         self._dirty = threading.Event()
+        # Object links (same-host presigned URLs) are signed by the functions and checked
+        # by the object proxy with this key; a fresh one each start, held by nothing else.
+        self.link_key = LinkSigningKey.generate(REGION)
 
     # ---------------------------------------------------------------- start
     def start(self) -> None:
@@ -182,6 +214,7 @@ class LocalStack:
                     for route in object_routes(self.template)
                 ],
                 self.moto_url,
+                key=self.link_key,
             ),
         )
         self.server = make_server(self.gateway, self.options.host, self.options.port)
@@ -217,6 +250,7 @@ class LocalStack:
             environment = {
                 **_AWS_ENV,
                 **self.stack.function_environment(spec),
+                **self.link_key.environment(),
                 "AWS_ENDPOINT_URL": self.moto_url,
                 "AWS_LAMBDA_FUNCTION_NAME": name,
                 "POWERTOOLS_TRACE_DISABLED": "true",
