@@ -134,11 +134,29 @@ class Runtime:
             return None
         return int(item["instance_count"]["N"]), int(item["series_count"]["N"])
 
-    def object_bytes(self, key: str) -> bytes | None:
+    def object_bytes(self, key: str, version_id: str | None = None) -> bytes | None:
         try:
-            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            extra = {"VersionId": version_id} if version_id else {}
+            return self.s3.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read()
         except self.s3.exceptions.NoSuchKey:
             return None
+
+    def instance_bytes(self, sop: str) -> bytes | None:
+        """The bytes of the object version the index names for an instance (None: not indexed)."""
+        item = self.index_item(f"SOP#{sop}", "SOP")
+        if item is None:
+            return None
+        return self.object_bytes(item["s3_key"]["S"], item.get("s3_version_id", {}).get("S"))
+
+    def current_objects(self, prefix: str) -> list[str]:
+        """The keys of the current objects under ``prefix``."""
+        listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        return [o["Key"] for o in listing.get("Contents", [])]
+
+    def instance_versions(self, prefix: str) -> list[dict[str, Any]]:
+        """Every version of every Part 10 object under an instance's prefix (all its writes)."""
+        listing = self.s3.list_object_versions(Bucket=self.bucket, Prefix=prefix)
+        return [v for v in listing.get("Versions", []) if v["Key"].endswith(".dcm")]
 
     # ------------------------------------------------------------ events
     def read_events(self) -> list[dict[str, Any]]:

@@ -123,8 +123,9 @@ def instance_url(base_url: str, study: str, series: str, sop: str) -> str:
     return f"{base_url}/studies/{study}/series/{series}/instances/{sop}"
 
 
-def instance_key(study: str, series: str, sop: str) -> str:
-    return f"studies/{study}/series/{series}/instances/{sop}.dcm"
+def instance_prefix(study: str, series: str, sop: str) -> str:
+    """Where every write of an instance puts its objects (``{prefix}{write}.dcm`` and ``.json``)."""
+    return f"studies/{study}/series/{series}/instances/{sop}/"
 
 
 def zero_preamble(data: bytes) -> bytes:
@@ -145,8 +146,8 @@ class Instance:
     sop_class: str = SecondaryCaptureImageStorage
 
     @property
-    def key(self) -> str:
-        return instance_key(self.study, self.series, self.sop)
+    def prefix(self) -> str:
+        return instance_prefix(self.study, self.series, self.sop)
 
 
 def make_dataset(

@@ -101,8 +101,6 @@ def test_a_stored_ct_series_gets_a_seg_and_sr_that_viewers_find(runtime: Runtime
     time.sleep(1)
     assert len(_of(runtime.read_events(), "InferenceCompleted", series)) == 1
     # And the SEG is a valid Part 10 object as stored
-    raw = runtime.object_bytes(
-        f"studies/{study}/series/{_value(seg_series, '0020000E')}/instances/{seg_uid}.dcm"
-    )
+    raw = runtime.instance_bytes(seg_uid)
     assert raw is not None
     assert pydicom.dcmread(io.BytesIO(raw)).SOPInstanceUID == seg_uid

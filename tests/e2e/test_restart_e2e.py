@@ -49,9 +49,8 @@ def test_a_restart_keeps_instances_index_and_tokens(local_dir: Path, runtimes: l
     for logical_id in ("UserPool", "UploaderClient", "InstanceBucket", "IndexTable"):
         assert second.resources[logical_id] == first.resources[logical_id]
     # And the object is still in S3, once, and the instance still indexed
-    assert second.object_bytes(instance.key) == zero_preamble(instance.data)
-    versions = second.s3.list_object_versions(Bucket=second.bucket, Prefix=instance.key)["Versions"]
-    assert len(versions) == 1
+    assert second.instance_bytes(instance.sop) == zero_preamble(instance.data)
+    assert len(second.instance_versions(instance.prefix)) == 1
     assert second.index_item(f"SOP#{instance.sop}", "SOP") is not None
     assert second.study_counts(instance.study) == (1, 1)
     # And a re-store is idempotent (200) and the study still counts one instance

@@ -48,12 +48,12 @@ def post(
 def assert_not_stored(runtime: Runtime, instance: Instance) -> None:
     assert runtime.index_item(f"SOP#{instance.sop}", "SOP") is None
     assert runtime.study_counts(instance.study) is None
-    assert runtime.object_bytes(instance.key) is None
+    assert runtime.current_objects(instance.prefix) == []
 
 
 def assert_stored(runtime: Runtime, instance: Instance) -> None:
     assert runtime.index_item(f"SOP#{instance.sop}", "SOP") is not None
-    assert runtime.object_bytes(instance.key) == zero_preamble(instance.data)
+    assert runtime.instance_bytes(instance.sop) == zero_preamble(instance.data)
 
 
 # ---------------------------------------------------------------- media types and framing
@@ -193,7 +193,7 @@ def test_a_hostile_or_invalid_instance_gets_a_failure_entry(
     assert [i.sop_instance_uid for i in referenced(payload)] == [valid.sop]
     assert_stored(runtime, valid)
     assert runtime.index_item(f"SOP#{bad.sop}", "SOP") is None
-    assert runtime.object_bytes(bad.key) is None
+    assert runtime.current_objects(bad.prefix) == []
 
 
 # ---------------------------------------------------------------- duplicates
@@ -211,8 +211,7 @@ def test_an_identical_restore_is_200_and_counts_do_not_change(runtime: Runtime) 
     assert again.status_code == HTTPStatus.OK, again.text
     assert [i.sop_instance_uid for i in referenced(again.json())] == [instance.sop]
     assert runtime.study_counts(instance.study) == (1, 1)
-    versions = runtime.s3.list_object_versions(Bucket=runtime.bucket, Prefix=instance.key).get("Versions", [])
-    assert len(versions) == 1
+    assert len(runtime.instance_versions(instance.prefix)) == 1
 
 
 def test_other_bytes_under_a_stored_sop_instance_uid_are_409_and_the_original_is_kept(
@@ -231,9 +230,8 @@ def test_other_bytes_under_a_stored_sop_instance_uid_are_409_and_the_original_is
         (original.sop, DUPLICATE_SOP_INSTANCE)
     ]
     assert DUPLICATE_SOP_INSTANCE == 273
-    assert runtime.object_bytes(original.key) == zero_preamble(original.data)
-    versions = runtime.s3.list_object_versions(Bucket=runtime.bucket, Prefix=original.key).get("Versions", [])
-    assert len(versions) == 1
+    assert runtime.instance_bytes(original.sop) == zero_preamble(original.data)
+    assert len(runtime.instance_versions(original.prefix)) == 1
     assert runtime.study_counts(original.study) == (1, 1)
 
 

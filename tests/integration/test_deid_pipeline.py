@@ -34,6 +34,7 @@ from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow import StowService
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
+from tests.faults import FAULTS, Crash, Faults
 from tests.generate import (
     STRUCTURED_PHI_VALUES,
     make_phi_gsps,
@@ -45,6 +46,7 @@ from tests.generate import (
 )
 from tests.lambda_harness import LambdaContext, load_handler, sqs_record
 from tests.moto_stack import provisioned, stow_service
+from tests.write_invariants import check
 
 ALL_MODALITIES = Rules(frozenset({"*"}), quarantine_burned_in=True)
 PHI = (
@@ -138,6 +140,23 @@ class DeidEnv:
     def deidentify(self, detail: dict[str, Any], rules: Rules = ALL_MODALITIES) -> Outcome:
         bind_table(self.research.table_name)
         return self.pipeline(rules).process(detail)
+
+    def calls_of(self, faults: Faults, request: Callable[[], Any]) -> list[str]:
+        """The AWS calls ``request`` makes, undisturbed."""
+        with faults.armed():
+            request()
+        return list(faults.calls)
+
+    def expected_copy(self, detail: dict[str, Any]) -> bytes:
+        """The de-identified Part 10 bytes the event must produce (the profile is deterministic)."""
+        source = ObjectReader(self.primary.bucket_name).read(
+            detail["s3Key"], version_id=detail["s3VersionId"]
+        )
+        buffer = io.BytesIO()
+        self.deidentifier.deidentify(pydicom.dcmread(io.BytesIO(source))).save_as(
+            buffer, enforce_file_format=True
+        )
+        return buffer.getvalue()
 
     # ------------------------------------------------------------ the research store
     def research_study(self, original_study: str) -> StudyItem | None:
@@ -456,3 +475,29 @@ def test_handler_succeeds_for_a_good_batch(env: DeidEnv, deidentify: ModuleType)
     # Then nothing is reported failed and the copy is indexed
     assert response == {"batchItemFailures": []}
     assert env.research_sop(ds.SOPInstanceUID) is not None
+
+
+def test_deidentification_survives_any_fault_at_any_step(env: DeidEnv, faults: Faults) -> None:
+    (sample,) = env.store(phi_rich())
+    shape = env.calls_of(faults, lambda: env.deidentify(sample))
+    leaks = False
+    acknowledged: dict[str, list[bytes]] = {}
+    for fault in FAULTS:
+        for step, operation in enumerate(shape):
+            # Given an InstanceStored event, and a fault at one step of de-identifying it
+            ds = phi_rich()
+            (detail,) = env.store(ds)
+            try:
+                with faults.armed(fault, at=step):
+                    first = env.deidentify(detail).status
+            except (Crash, Exception):
+                first = "failed"
+            leaks |= first != "stored"
+            # When the queue delivers the event again (SQS retries until it succeeds)
+            if first != "stored":
+                assert env.deidentify(detail).status == "stored", (fault, step, operation)
+            # Then the research store holds exactly the deterministic copy, intact
+            copy = env.research_copy(ds.SOPInstanceUID)
+            acknowledged[copy.SOPInstanceUID] = [env.expected_copy(detail)]
+            bind_table(env.research.table_name)
+            check(env.s3, env.research.bucket_name, acknowledged=acknowledged, leaks=leaks)

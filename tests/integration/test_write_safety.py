@@ -30,12 +30,14 @@ from dicomweb_core.delete import DeleteService
 from dicomweb_core.errors import Gone
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.failures import FailureReason
-from dicomweb_core.index.models import IndexItem, InstanceItem, SopItem, study_pk
+from dicomweb_core.index.models import IndexItem, InstanceItem, SeriesItem, SopItem, study_pk
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
 from dicomweb_core.qido.search import search
+from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow import StoreOutcome
+from dicomweb_core.wado.series_metadata import SeriesMetadataBuilder, assemble, cached
 from tests.faults import FAULTS, Crash, Faults
 from tests.generate import make_dataset, to_part10
 from tests.moto_stack import provisioned, stow_service
@@ -395,3 +397,35 @@ def test_racing_overwrites_from_threads_leave_one_acknowledged_current_version(e
     winners = [to_part10(variants[n]) for n, o in outcomes.items() if stored(o)]
     assert winners
     check(env.s3, env.bucket, acknowledged={original.SOPInstanceUID: winners})
+
+
+# ---------------------------------------------------------------- the hooks' writes
+
+
+def test_the_series_metadata_hook_survives_any_fault_at_any_step(env: Env, faults: Faults) -> None:
+    reader = ObjectReader(env.bucket)
+    builder = SeriesMetadataBuilder(reader, S3InstanceStore(env.bucket))
+
+    def stable_series() -> tuple[str, str, str]:
+        first = make_dataset()
+        assert stored(env.stow(first)) and stored(env.stow(sibling(first)))
+        study, series = first.StudyInstanceUID, first.SeriesInstanceUID
+        return study, series, SeriesItem.get(*SeriesItem.key(study, series), consistent_read=True).version
+
+    sample = stable_series()
+    shape = env.calls(faults, lambda: builder.build(*sample))
+    for fault in FAULTS:
+        for step, operation in enumerate(shape):
+            study, series, version = stable_series()
+            # Given a fault at one step of building a stable series' metadata document
+            try:
+                with faults.armed(fault, at=step):
+                    builder.build(study, series, version)
+            except (Crash, Exception):
+                pass
+            # When SeriesStable is delivered again, Then the document is there exactly once
+            # recorded, and it is what the instances' own documents say
+            assert builder.build(study, series, version) in ("built", "exists"), (fault, step, operation)
+            item = SeriesItem.get(*SeriesItem.key(study, series), consistent_read=True)
+            assert item.metadata_version == version
+            assert cached(reader, item) == assemble(reader, study, series)
