@@ -8,11 +8,8 @@ from contextlib import contextmanager
 from moto import mock_aws
 
 from dicomweb_core.config import DuplicatePolicy, Limits, Settings
-from dicomweb_core.events import EventPublisher
 from dicomweb_core.index.models import bind_table
-from dicomweb_core.index.writer import IndexWriter
-from dicomweb_core.storage import S3InstanceStore
-from dicomweb_core.stow import StowService
+from dicomweb_core.stow.service import StowService
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import Stack, provision
 from infra.samtemplate import load_template
@@ -50,12 +47,7 @@ def provisioned(
 
 
 def stow_service(settings: Settings) -> StowService:
-    return StowService(
-        settings=settings,
-        store=S3InstanceStore(settings.bucket_name),
-        index=IndexWriter(),
-        events=EventPublisher(settings.event_bus_name),
-    )
+    return StowService.of(settings)
 
 
 def store_ok(stow: StowService, *payloads: bytes) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from dicomweb_core.config import Limits
+from dicomweb_core.dicom.instance import read_instance
 from dicomweb_core.index.models import (
     DeletedStudyItem,
     IndexItem,
@@ -21,7 +22,6 @@ from dicomweb_core.index.models import (
     StudyItem,
     study_pk,
 )
-from dicomweb_core.instance import read_instance
 from dicomweb_core.storage import metadata_key
 
 DELETED_PREFIXES = ("studies/{study}/", "cache/metadata/{study}/", "bundles/{study}/")

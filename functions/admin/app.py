@@ -8,21 +8,17 @@ from http import HTTPStatus
 from typing import Any
 
 import boto3
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from aws_lambda_powertools.event_handler import Response
 
-from dicomweb_core import access, audit, http
 from dicomweb_core.config import settings
-from dicomweb_core.deid.requests import enqueue, study_requests
-from dicomweb_core.errors import DicomWebError
-from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
-from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.entry.api import api_app, api_handler, respond
+from dicomweb_core.hooks.deid.requests import enqueue, study_requests
+from dicomweb_core.observability import MetricUnit, metrics, tracer
+from dicomweb_core.web import responses
+from dicomweb_core.web.reply import Reply
+from dicomweb_core.web.uri import DicomWebURI
 
-app = APIGatewayHttpResolver()
-app.exception_handler(DicomWebError)(http.error_response)
-app.exception_handler(Exception)(http.unexpected_error_response)
-
+app = api_app()
 SETTINGS = settings()
 QUEUE_URL = os.environ["DEID_QUEUE_URL"]
 SQS = boto3.client("sqs")
@@ -30,21 +26,13 @@ SQS = boto3.client("sqs")
 
 @app.post("/admin/deidentify/studies/<study>")
 @tracer.capture_method
-def deidentify_study(study: str) -> Response[str]:
-    uri = DicomWebURI(http.base_url(app.current_event, SETTINGS.public_base_url), study=study)
+def deidentify_study(study: str) -> Response[Any]:
+    uri = DicomWebURI(responses.base_url(app.current_event, SETTINGS.public_base_url), study=study)
     assert uri.study is not None
     queued = enqueue(SQS, QUEUE_URL, study_requests(uri.study))
     metrics.add_metric("DeidRequested", MetricUnit.Count, queued)
     body = {"study": uri.study, "instancesQueued": queued, "status": "accepted"}
-    return Response(
-        status_code=int(HTTPStatus.ACCEPTED), content_type="application/json", body=json.dumps(body)
-    )
+    return respond(Reply(int(HTTPStatus.ACCEPTED), json.dumps(body), "application/json"))
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-@audit.audited
-@access.enforced
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+handler = api_handler(app)

@@ -1,5 +1,5 @@
 """Bundle hook: SeriesStable / StudyStable (EventBridge rule → SQS → here) → pre-built multipart
-bodies for retrievals larger than a function response (see ``dicomweb_core.wado.bundles``).
+bodies for retrievals larger than a function response (see ``dicomweb_core.hooks.bundles``).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dicomweb_core.config import settings
+from dicomweb_core.dicom.uid import validate_uid
 from dicomweb_core.events import SERIES_STABLE
+from dicomweb_core.hooks.bundles import BundleBuilder, BundleComposer
 from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
 from dicomweb_core.storage import ObjectReader
-from dicomweb_core.uid import validate_uid
-from dicomweb_core.wado.bundles import BundleBuilder, BundleComposer
 from dicomweb_core.wado.service import StoredFrameDecoder, instance_in_syntax
 
 SETTINGS = settings()

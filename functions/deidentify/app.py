@@ -7,19 +7,16 @@ import os
 from typing import Any
 
 import boto3
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dicomweb_core import audit
 from dicomweb_core.config import settings
-from dicomweb_core.deid.pipeline import DeidPipeline, Rules
-from dicomweb_core.deid.profile import Dates, Deidentifier, Options
-from dicomweb_core.events import EventPublisher
-from dicomweb_core.index.writer import IndexWriter
-from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
+from dicomweb_core.entry.hooks import sqs_handler
+from dicomweb_core.hooks.deid.pipeline import DeidPipeline, Rules
+from dicomweb_core.hooks.deid.profile import Dates, Deidentifier, Options
+from dicomweb_core.observability import MetricUnit, logger, metrics
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
-from dicomweb_core.stow import StowService
+from dicomweb_core.stow.service import StowService
 
 SETTINGS = settings()  # TABLE_NAME / BUCKET_NAME name the research store here
 
@@ -43,19 +40,12 @@ def _key(secret_arn: str) -> bytes:
 PIPELINE = DeidPipeline(
     source=ObjectReader(os.environ["SOURCE_BUCKET_NAME"]),
     deidentifier=Deidentifier(_key(os.environ["DEID_KEY_SECRET_ARN"]), _options(dict(os.environ))),
-    stow=StowService(
-        settings=SETTINGS,
-        store=S3InstanceStore(SETTINGS.bucket_name),
-        index=IndexWriter(),
-        events=EventPublisher(SETTINGS.event_bus_name, source=SETTINGS.event_source),
-    ),
+    stow=StowService.of(SETTINGS),
     quarantine=S3InstanceStore(SETTINGS.bucket_name),
     rules=Rules.from_environ(os.environ),
 )
-processor = BatchProcessor(event_type=EventType.SQS)
 
 
-@tracer.capture_method
 def handle(record: SQSRecord) -> None:
     detail = json.loads(record.body)["detail"]
     subject = audit.Subject(
@@ -82,11 +72,4 @@ def _audit_record(subject: audit.Subject, outcome: int, status: str) -> dict[str
     )
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    response = process_partial_response(
-        event=event, record_handler=handle, processor=processor, context=context
-    )
-    return dict(response)
+handler = sqs_handler(handle)

@@ -1,6 +1,6 @@
 """Inference hook: SeriesStable (EventBridge rule → SQS → here) → models → SEG/SR in the study.
 
-See ``dicomweb_core.inference.pipeline``; models are chosen by ``INFERENCE_MODELS``.
+See ``dicomweb_core.hooks.inference.pipeline``; models are chosen by ``INFERENCE_MODELS``.
 """
 
 from __future__ import annotations
@@ -9,35 +9,29 @@ import json
 import os
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dicomweb_core import audit
 from dicomweb_core.config import settings
+from dicomweb_core.entry.hooks import sqs_handler
 from dicomweb_core.events import EventPublisher
-from dicomweb_core.index.writer import IndexWriter
-from dicomweb_core.inference.model import load_models
-from dicomweb_core.inference.pipeline import InferencePipeline, Selection
-from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
-from dicomweb_core.storage import ObjectReader, S3InstanceStore
-from dicomweb_core.stow import StowService
+from dicomweb_core.hooks.inference.model import load_models
+from dicomweb_core.hooks.inference.pipeline import InferencePipeline, Selection
+from dicomweb_core.observability import MetricUnit, logger, metrics
+from dicomweb_core.storage import ObjectReader
+from dicomweb_core.stow.service import StowService
 
 SETTINGS = settings()
-EVENTS = EventPublisher(SETTINGS.event_bus_name, source=SETTINGS.event_source)
+EVENTS = EventPublisher.of(SETTINGS)
 PIPELINE = InferencePipeline(
     models=load_models(os.environ.get("INFERENCE_MODELS", ""), os.environ),
     reader=ObjectReader(SETTINGS.bucket_name),
-    stow=StowService(
-        settings=SETTINGS, store=S3InstanceStore(SETTINGS.bucket_name), index=IndexWriter(), events=EVENTS
-    ),
+    stow=StowService.of(SETTINGS, events=EVENTS),
     events=EVENTS,
     selection=Selection.from_environ(os.environ),
 )
-processor = BatchProcessor(event_type=EventType.SQS)
 
 
-@tracer.capture_method
 def handle(record: SQSRecord) -> None:
     detail = json.loads(record.body)["detail"]
     subject = audit.Subject(detail.get("studyInstanceUID"), detail.get("seriesInstanceUID"))
@@ -63,11 +57,4 @@ def _audit_record(subject: audit.Subject, outcome: int, description: str) -> dic
     )
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    response = process_partial_response(
-        event=event, record_handler=handle, processor=processor, context=context
-    )
-    return dict(response)
+handler = sqs_handler(handle)

@@ -1,65 +1,62 @@
-"""QIDO-RS handler: search studies, series and instances (PS3.18 §10.6)."""
+"""QIDO-RS handler: search studies, series and instances (PS3.18 §10.6), in the primary store
+and, under ``/deid``, in the research store (the same routes mounted under a prefix)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from dicomweb_core import access, audit, http, stores
 from dicomweb_core.config import settings
-from dicomweb_core.errors import DicomWebError
-from dicomweb_core.observability import logger, metrics, tracer
+from dicomweb_core.entry.api import api_app, api_handler, respond
+from dicomweb_core.observability import tracer
 from dicomweb_core.qido.attributes import Level
-from dicomweb_core.qido.service import respond
+from dicomweb_core.qido.service import SearchRequest, search_reply
+from dicomweb_core.web import responses, roots
 
-app = APIGatewayHttpResolver()
-app.exception_handler(DicomWebError)(http.error_response)
-app.exception_handler(Exception)(http.unexpected_error_response)
-
+app = api_app()
+router = APIGatewayHttpRouter()  # type: ignore[no-untyped-call]  # Powertools leaves Router.__init__ unannotated
 SETTINGS = settings()
-ROOTS = stores.roots(SETTINGS)
+ROOTS = roots.roots(SETTINGS)
 
 
-def _respond(level: Level, study: str | None = None, series: str | None = None) -> Response[bytes]:
-    event = app.current_event
-    root = stores.select(ROOTS, event.raw_path)
-    return respond(event, level, settings=SETTINGS, root=root, study=study, series=series)
+def _search(level: Level, study: str | None = None, series: str | None = None) -> Response[Any]:
+    event = router.current_event
+    root = roots.select(ROOTS, event.raw_path)
+    request = SearchRequest(
+        level=level,
+        base_url=root.base_url(responses.base_url(event, SETTINGS.public_base_url)),
+        query_string=event.get("rawQueryString") or "",
+        accept=responses.header(event, "accept"),
+        parameters=dict(event.get("queryStringParameters") or {}),
+        study=study,
+        series=series,
+    )
+    return respond(search_reply(request))
 
 
-@app.get("/studies")
-@app.get("/deid/studies")
+@router.get("/studies")
 @tracer.capture_method
-def search_studies() -> Response[bytes]:
-    return _respond(Level.STUDY)
+def search_studies() -> Response[Any]:
+    return _search(Level.STUDY)
 
 
-@app.get("/series")
-@app.get("/studies/<study>/series")
-@app.get("/deid/series")
-@app.get("/deid/studies/<study>/series")
+@router.get("/series")
+@router.get("/studies/<study>/series")
 @tracer.capture_method
-def search_series(study: str | None = None) -> Response[bytes]:
-    return _respond(Level.SERIES, study)
+def search_series(study: str | None = None) -> Response[Any]:
+    return _search(Level.SERIES, study)
 
 
-@app.get("/instances")
-@app.get("/studies/<study>/instances")
-@app.get("/studies/<study>/series/<series>/instances")
-@app.get("/deid/instances")
-@app.get("/deid/studies/<study>/instances")
-@app.get("/deid/studies/<study>/series/<series>/instances")
+@router.get("/instances")
+@router.get("/studies/<study>/instances")
+@router.get("/studies/<study>/series/<series>/instances")
 @tracer.capture_method
-def search_instances(study: str | None = None, series: str | None = None) -> Response[bytes]:
-    return _respond(Level.INSTANCE, study, series)
+def search_instances(study: str | None = None, series: str | None = None) -> Response[Any]:
+    return _search(Level.INSTANCE, study, series)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-@audit.audited
-@access.enforced
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+app.include_router(router)
+app.include_router(router, prefix=roots.DEID_PREFIX)
+handler = api_handler(app)

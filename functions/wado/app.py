@@ -8,13 +8,15 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from dicomweb_core import access, audit, http, stores
+from dicomweb_core import access, audit
 from dicomweb_core.config import settings
-from dicomweb_core.errors import DicomWebError
 from dicomweb_core.observability import MetricUnit, logger, metrics, tracer
 from dicomweb_core.storage import ObjectReader
-from dicomweb_core.uri import DicomWebURI
 from dicomweb_core.wado.service import Request, RetrieveService
+from dicomweb_core.web import responses as http
+from dicomweb_core.web import roots as stores
+from dicomweb_core.web.errors import DicomWebError
+from dicomweb_core.web.uri import DicomWebURI
 
 app = APIGatewayHttpResolver()
 app.exception_handler(DicomWebError)(http.error_response)

@@ -24,9 +24,9 @@ from urllib.parse import quote
 import requests
 from moto.backends import get_backend
 
+from dicomweb_core.dicom.instance import ReceivedInstance
 from dicomweb_core.index import keys, writer
 from dicomweb_core.index.models import IndexItem, PostingItem, RegistryItem, bind_table
-from dicomweb_core.instance import ReceivedInstance
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
 from dicomweb_core.qido.search import search

@@ -13,8 +13,8 @@ import numpy as np
 import requests
 
 from dicomweb_core.config import Limits
-from dicomweb_core.instance import read_instance
-from dicomweb_core.multipart import encode_multipart, multipart_content_type
+from dicomweb_core.dicom.instance import read_instance
+from dicomweb_core.web.multipart import encode_multipart, multipart_content_type
 from infra.local.serve import LocalStack, Options
 from tests.generate import make_dataset, new_uid, to_part10
 

@@ -21,10 +21,10 @@ import requests
 
 from dicomweb_core.config import settings
 from dicomweb_core.index.models import SeriesItem, bind_table
-from dicomweb_core.multipart import split_parts
 from dicomweb_core.storage import ObjectReader
-from dicomweb_core.uri import DicomWebURI
 from dicomweb_core.wado.service import Request, RetrieveService
+from dicomweb_core.web.multipart import split_parts
+from dicomweb_core.web.uri import DicomWebURI
 from infra.bench.stow import _batches, _post, bench_options, ct_series
 from infra.local.serve import LocalStack
 from tests.dicom_files import test_file

@@ -2,7 +2,7 @@
 
     python -m infra.deid.make_table ../shared/data/ps3.15-table-E.1-1-2024b.json --edition 2024b
 
-writes ``layers/core/python/dicomweb_core/deid/table_e1_1.json``, which is committed: a
+writes ``layers/core/python/dicomweb_core/hooks/deid/table_e1_1.json``, which is committed: a
 fresh clone needs only that file. Each row keeps the tag (``ggggeeee``, with ``x`` for
 repeating-group digits), the name, the Basic Profile action and the action of each option
 column that has one; columns without an action fall back to the Basic Profile.
@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-OUTPUT = Path(__file__).resolve().parents[2] / "layers/core/python/dicomweb_core/deid/table_e1_1.json"
+OUTPUT = Path(__file__).resolve().parents[2] / "layers/core/python/dicomweb_core/hooks/deid/table_e1_1.json"
 COLUMNS = {
     "basicProfile": "basic",
     "rtnSafePrivOpt": "retain_safe_private",

@@ -41,20 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Imported after the environment names the runtime's resources and endpoint.
     from dicomweb_core.config import settings  # noqa: PLC0415
-    from dicomweb_core.events import EventPublisher  # noqa: PLC0415
     from dicomweb_core.index.models import bind_table  # noqa: PLC0415
-    from dicomweb_core.index.writer import IndexWriter  # noqa: PLC0415
-    from dicomweb_core.storage import S3InstanceStore  # noqa: PLC0415
-    from dicomweb_core.stow import StowService  # noqa: PLC0415
+    from dicomweb_core.stow.service import StowService  # noqa: PLC0415
 
     bind_table(resources["IndexTable"], region=runtime["region"])
     config = settings()
-    service = StowService(
-        settings=config,
-        store=S3InstanceStore(config.bucket_name),
-        index=IndexWriter(),
-        events=EventPublisher(config.event_bus_name, source=config.event_source),
-    )
+    service = StowService.of(config)
     failed = 0
     for path in args.files:
         outcome = service.store_all([memoryview(path.read_bytes())], study=None)

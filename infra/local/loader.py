@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from dicomweb_core.multipart import encode_multipart, multipart_content_type
+from dicomweb_core.web.multipart import encode_multipart, multipart_content_type
 
 # Raw bytes per request: base64 in the payload-v2 event must stay under 6 MB.
 MAX_BATCH_BYTES = 4 * 1024 * 1024

@@ -27,7 +27,7 @@ import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 
-from dicomweb_core.deid.profile import Deidentifier, Options
+from dicomweb_core.hooks.deid.profile import Deidentifier, Options
 from tests.e2e.conftest import REGION, Runtime
 from tests.e2e.helpers import TIMEOUT_S, referenced, stow
 from tests.generate import make_dataset, new_uid, to_part10

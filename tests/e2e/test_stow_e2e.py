@@ -25,8 +25,8 @@ import requests
 from dicomweb_client import DICOMwebClient
 
 from dicomweb_core.config import Limits
-from dicomweb_core.failures import InstanceRejected
-from dicomweb_core.instance import read_instance
+from dicomweb_core.dicom.failures import InstanceRejected
+from dicomweb_core.dicom.instance import read_instance
 from tests.dicom_files import part10_files
 from tests.e2e.conftest import Runtime
 from tests.e2e.helpers import (

@@ -18,13 +18,14 @@ import numpy
 import pytest
 
 from dicomweb_core import config
+from dicomweb_core.hooks import bundles
+from dicomweb_core.hooks.bundles import MIN_PART, BundleBuilder, BundleComposer, ObjectRange
 from dicomweb_core.index.models import SeriesItem, StudyItem
-from dicomweb_core.multipart import split_parts
 from dicomweb_core.storage import ObjectReader
-from dicomweb_core.stow import StowService
-from dicomweb_core.wado import bundles, media
-from dicomweb_core.wado.bundles import MIN_PART, BundleBuilder, BundleComposer, ObjectRange
+from dicomweb_core.stow.service import StowService
+from dicomweb_core.wado import media
 from dicomweb_core.wado.service import StoredFrameDecoder, instance_in_syntax
+from dicomweb_core.web.multipart import split_parts
 from infra.local.provision import Stack
 from infra.samtemplate import load_template, object_routes
 from tests.generate import make_dataset, new_uid, to_part10

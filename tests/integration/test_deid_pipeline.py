@@ -25,13 +25,13 @@ from pydicom.uid import SecondaryCaptureImageStorage, UltrasoundImageStorage
 
 from dicomweb_core import config
 from dicomweb_core.config import Settings
-from dicomweb_core.deid.pipeline import DeidPipeline, Outcome, Rules
-from dicomweb_core.deid.profile import Dates, Deidentifier, Options
 from dicomweb_core.events import EventPublisher
+from dicomweb_core.hooks.deid.pipeline import DeidPipeline, Outcome, Rules
+from dicomweb_core.hooks.deid.profile import Dates, Deidentifier, Options
 from dicomweb_core.index.models import SopItem, StudyItem, bind_table
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
-from dicomweb_core.stow import StowService
+from dicomweb_core.stow.service import StowService
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
 from tests.faults import FAULTS, Crash, Faults

@@ -12,10 +12,10 @@ import boto3
 import pytest
 
 from dicomweb_core import config
+from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder
 from dicomweb_core.index.models import DeletedStudyItem, IndexItem, SeriesItem, SopItem, study_pk
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
-from dicomweb_core.stow import StowService
-from dicomweb_core.wado.series_metadata import SeriesMetadataBuilder
+from dicomweb_core.stow.service import StowService
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
 from tests.generate import make_dataset, new_uid, to_part10

@@ -22,13 +22,19 @@ from pydicom.dataset import Dataset
 
 from dicomweb_core import config
 from dicomweb_core.events import EventPublisher
+from dicomweb_core.hooks.inference.model import (
+    Code,
+    Measurement,
+    ModelOutputError,
+    ModelResult,
+    SeriesDescriptor,
+)
+from dicomweb_core.hooks.inference.pipeline import InferenceFailed, InferencePipeline
+from dicomweb_core.hooks.inference.reference import CtBodyMaskModel
 from dicomweb_core.index.models import InferenceRunItem, InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.reader import series_of
-from dicomweb_core.inference.model import Code, Measurement, ModelOutputError, ModelResult, SeriesDescriptor
-from dicomweb_core.inference.pipeline import InferenceFailed, InferencePipeline
-from dicomweb_core.inference.reference import CtBodyMaskModel
 from dicomweb_core.storage import ObjectReader
-from dicomweb_core.stow import StowService
+from dicomweb_core.stow.service import StowService
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
 from tests.generate import new_uid, to_part10
@@ -218,7 +224,7 @@ def test_garbage_output_is_refused_and_nothing_is_written(env: InferenceEnv) -> 
     assert set(objects) == {synthetic_ct.CT_IMAGE_STORAGE}
     assert env.completed() == []
     with pytest.raises(ModelOutputError):
-        from dicomweb_core.inference.model import validate_result
+        from dicomweb_core.hooks.inference.model import validate_result
 
         validate_result(GarbageModel().run(datasets), datasets)
 
@@ -272,7 +278,7 @@ def test_a_rerun_after_a_crash_before_the_run_record_stores_the_same_objects(env
 
 
 def test_body_part_and_sop_class_parameters_select_the_series(env: InferenceEnv) -> None:
-    from dicomweb_core.inference.pipeline import Selection
+    from dicomweb_core.hooks.inference.pipeline import Selection
 
     _datasets, detail = env.store_series()
     chest_only = Selection.from_environ({"INFERENCE_BODY_PARTS": "CHEST", "INFERENCE_SOP_CLASSES": "*"})

@@ -22,9 +22,9 @@ from pydicom.dataset import Dataset
 
 from dicomweb_core import config
 from dicomweb_core.events import EventPublisher
+from dicomweb_core.hooks.stability import StabilityService
 from dicomweb_core.index.models import SeriesItem
-from dicomweb_core.stability import StabilityService
-from dicomweb_core.stow import StowService
+from dicomweb_core.stow.service import StowService
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
 from tests.generate import make_dataset, new_uid, to_part10

@@ -42,19 +42,19 @@ from pydicom.uid import (
 
 from dicomweb_core import config
 from dicomweb_core.config import DuplicatePolicy, Limits, Settings
-from dicomweb_core.errors import PayloadTooLarge
+from dicomweb_core.dicom.failures import InstanceRejected
+from dicomweb_core.dicom.frames import MAX_READ_GAP
+from dicomweb_core.dicom.instance import ReceivedInstance, read_instance
 from dicomweb_core.events import EventPublisher
-from dicomweb_core.failures import InstanceRejected
-from dicomweb_core.frames import MAX_READ_GAP
+from dicomweb_core.hooks.bundles import RESPONSE_LIMIT, BundleBuilder, BundleComposer
+from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder
 from dicomweb_core.index.models import InstanceItem, SeriesItem, bind_table
 from dicomweb_core.index.writer import IndexWriter
-from dicomweb_core.instance import ReceivedInstance, read_instance
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
-from dicomweb_core.stow import StowService
-from dicomweb_core.uri import MAX_FRAMES_PER_REQUEST, DicomWebURI
-from dicomweb_core.wado.bundles import RESPONSE_LIMIT, BundleBuilder, BundleComposer
-from dicomweb_core.wado.series_metadata import SeriesMetadataBuilder
+from dicomweb_core.stow.service import StowService
 from dicomweb_core.wado.service import Request, RetrieveService, StoredFrameDecoder, instance_in_syntax
+from dicomweb_core.web.errors import PayloadTooLarge
+from dicomweb_core.web.uri import MAX_FRAMES_PER_REQUEST, DicomWebURI
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import provision
 from infra.samtemplate import load_template, object_routes

@@ -14,10 +14,10 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from dicomweb_core.config import Limits
-from dicomweb_core.deid.profile import Dates, Deidentifier, Options, Rule, table
-from dicomweb_core.failures import InstanceRejected
-from dicomweb_core.instance import read_instance
-from dicomweb_core.uid import is_valid_uid
+from dicomweb_core.dicom.failures import InstanceRejected
+from dicomweb_core.dicom.instance import read_instance
+from dicomweb_core.dicom.uid import is_valid_uid
+from dicomweb_core.hooks.deid.profile import Dates, Deidentifier, Options, Rule, table
 from infra.deid.make_table import convert
 from tests.dicom_files import part10_files
 from tests.generate import (

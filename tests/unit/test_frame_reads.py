@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from dicomweb_core.frames import (
+from dicomweb_core.dicom.frames import (
     MAX_READ_GAP,
     MAX_READ_SPAN,
     MAX_READ_WASTE,

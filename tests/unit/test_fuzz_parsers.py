@@ -40,23 +40,24 @@ from pydicom.uid import (
     JPEG2000Lossless,
 )
 
-from dicomweb_core import http
 from dicomweb_core.config import DuplicatePolicy, Limits, Settings
-from dicomweb_core.errors import DicomWebError, MultipartError, TooManyParts
-from dicomweb_core.failures import FailureReason, InstanceRejected
-from dicomweb_core.instance import read_instance
-from dicomweb_core.mediatype import MediaType, parse_accept, parse_media_type
-from dicomweb_core.multipart import split_parts
-from dicomweb_core.negotiation import negotiate
+from dicomweb_core.dicom.failures import FailureReason, InstanceRejected
+from dicomweb_core.dicom.instance import read_instance
+from dicomweb_core.dicom.uid import is_valid_uid
+from dicomweb_core.index.normalize import person_name
 from dicomweb_core.qido.attributes import Level, matchable_keywords, resolve
 from dicomweb_core.qido.matching import matches_value
-from dicomweb_core.qido.normalize import person_name
 from dicomweb_core.qido.query import MatchKind, Term, parse_query
 from dicomweb_core.storage import instance_key, metadata_key, new_write_id
-from dicomweb_core.stow import instance_payloads
-from dicomweb_core.uid import is_valid_uid
-from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.stow.service import instance_payloads
 from dicomweb_core.wado import media
+from dicomweb_core.web import reply
+from dicomweb_core.web import responses as http
+from dicomweb_core.web.errors import DicomWebError, MultipartError, TooManyParts
+from dicomweb_core.web.mediatype import MediaType, parse_accept, parse_media_type
+from dicomweb_core.web.multipart import split_parts
+from dicomweb_core.web.negotiation import negotiate
+from dicomweb_core.web.uri import DicomWebURI
 from tests.generate import make_dataset, make_phi_rich, to_part10
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -549,7 +550,7 @@ def test_base64_request_bodies_decode_or_400(body: str) -> None:
 @given(st.text(max_size=300))
 def test_warning_header_values_never_carry_control_characters(text: str) -> None:
     # Given any text a Warning could be built from / When rendered
-    value = http.warning_value(text)
+    value = reply.warning_value(text)
     # Then it is one printable ASCII line of bounded length in the PS3.18 §8.3.4.3 form
     assert re.fullmatch(r'299 dicomweb "[\x20\x21\x23-\x7e]{0,200}"', value), repr(value)
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from pydicom import Dataset
 
-from dicomweb_core.inference import model as model_module
-from dicomweb_core.inference.model import (
+from dicomweb_core.hooks.inference import model as model_module
+from dicomweb_core.hooks.inference.model import (
     Code,
     InconsistentGeometry,
     Measurement,
@@ -31,7 +31,7 @@ from dicomweb_core.inference.model import (
     validate_result,
     volume_geometry,
 )
-from dicomweb_core.inference.reference import (
+from dicomweb_core.hooks.inference.reference import (
     ATTENUATION,
     BODY_CATEGORY,
     BODY_TYPE,
@@ -40,7 +40,7 @@ from dicomweb_core.inference.reference import (
     VOLUME,
     CtBodyMaskModel,
 )
-from dicomweb_core.inference.sagemaker import SageMakerModel
+from dicomweb_core.hooks.inference.sagemaker import SageMakerModel
 from tests.unit import synthetic_ct as phantom
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"

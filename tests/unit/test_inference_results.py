@@ -16,9 +16,11 @@ import pytest
 from pydicom import Dataset
 
 from dicomweb_core.config import Limits
-from dicomweb_core.inference.model import Code, Measurement, ModelOutputError, ModelResult
-from dicomweb_core.inference.reference import VOLUME, CtBodyMaskModel
-from dicomweb_core.inference.results import (
+from dicomweb_core.dicom.instance import read_instance
+from dicomweb_core.dicom.uid import is_valid_uid
+from dicomweb_core.hooks.inference.model import Code, Measurement, ModelOutputError, ModelResult
+from dicomweb_core.hooks.inference.reference import VOLUME, CtBodyMaskModel
+from dicomweb_core.hooks.inference.results import (
     DEVICE_SERIAL_NUMBER,
     MANUFACTURER,
     SEG_SERIES_NUMBER,
@@ -26,8 +28,6 @@ from dicomweb_core.inference.results import (
     build_results,
     result_uid,
 )
-from dicomweb_core.instance import read_instance
-from dicomweb_core.uid import is_valid_uid
 from tests.unit import synthetic_ct as phantom
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

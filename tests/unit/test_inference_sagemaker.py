@@ -22,8 +22,8 @@ import pytest
 import requests
 from pydicom import Dataset
 
-from dicomweb_core.inference.model import ModelOutputError, SeriesDescriptor, validate_result
-from dicomweb_core.inference.sagemaker import SageMakerModel, parse_response
+from dicomweb_core.hooks.inference.model import ModelOutputError, SeriesDescriptor, validate_result
+from dicomweb_core.hooks.inference.sagemaker import SageMakerModel, parse_response
 from tests.unit import synthetic_ct as phantom
 
 ENDPOINT = "body-seg"

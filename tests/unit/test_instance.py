@@ -31,8 +31,8 @@ from pydicom.uid import (
 )
 
 from dicomweb_core.config import Limits
-from dicomweb_core.failures import FailureReason, InstanceRejected
-from dicomweb_core.instance import ReceivedInstance, read_instance
+from dicomweb_core.dicom.failures import FailureReason, InstanceRejected
+from dicomweb_core.dicom.instance import ReceivedInstance, read_instance
 from tests import dicom_files
 from tests.dicom_files import PYDICOM_DATA_FILES, PYDICOM_TEST_FILES, part10_files
 

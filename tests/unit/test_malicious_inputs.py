@@ -96,11 +96,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomweb_core.config import Limits
-from dicomweb_core.failures import FailureReason, InstanceRejected
-from dicomweb_core.instance import read_instance
-from dicomweb_core.multipart import encode_multipart, split_parts
+from dicomweb_core.dicom.failures import FailureReason, InstanceRejected
+from dicomweb_core.dicom.instance import read_instance
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
+from dicomweb_core.web.multipart import encode_multipart, split_parts
 from tests.generate import make_dataset, to_part10
 from tests.unit.test_fuzz_handlers import DOMAIN, SERIES, STUDY, Answer, Deployment, deployed
 from tests.unit.test_instance import after_deflate_stream, deadline
@@ -480,7 +480,7 @@ def test_padded_deflated_instance_through_stow_is_stored_in_bounded_time(deploym
 
 def test_many_bombs_in_one_request_share_one_inflation_budget() -> None:
     # Given a request of ten parts, each a bomb just under the per-instance cap (200 MiB)
-    from dicomweb_core.instance import InflationBudget
+    from dicomweb_core.dicom.instance import InflationBudget
 
     bomb = with_meta(deflate_bomb(200 * MIB), syntax=DeflatedExplicitVRLittleEndian)
     budget = InflationBudget(Limits().max_inflated_bytes)

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from dicomweb_core.errors import BadRequest, InvalidUID, NotFound
-from dicomweb_core.uri import MAX_FRAMES_PER_REQUEST, DicomWebURI, ResourceType, Suffix
+from dicomweb_core.web.errors import BadRequest, InvalidUID, NotFound
+from dicomweb_core.web.uri import MAX_FRAMES_PER_REQUEST, DicomWebURI, ResourceType, Suffix
 
 BASE = "https://dicom.example.org/dicomweb"
 ST = "1.2.826.0.1.3680043.8.498.1"

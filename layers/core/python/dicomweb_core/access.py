@@ -27,7 +27,7 @@ from functools import wraps
 from http import HTTPStatus
 from typing import Any
 
-from dicomweb_core.stores import DEID_PREFIX
+from dicomweb_core.web.roots import is_research
 
 
 class Permission(StrEnum):
@@ -44,7 +44,7 @@ class NoPermission(Exception):
 
 def required(method: str, raw_path: str) -> Permission:
     """The one scope a request needs (PS3.18 resources by method, per store)."""
-    research = raw_path == DEID_PREFIX or raw_path.startswith(DEID_PREFIX + "/")
+    research = is_research(raw_path)
     if raw_path.startswith("/admin/"):
         return Permission.ADMIN
     if method in {"GET", "HEAD"}:

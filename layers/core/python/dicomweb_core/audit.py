@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import boto3
 
 from dicomweb_core.observability import logger
+from dicomweb_core.web.roots import is_research
 
 
 class AuditEvent(Enum):
@@ -381,7 +382,7 @@ def http_message(
     audit_event, action, event_type = classify(method, route_key, status)
     parameters = event.get("pathParameters") or {}
     in_path = Subject(parameters.get("study"), parameters.get("series"), parameters.get("instance"))
-    primary = not str(event.get("rawPath", "")).startswith("/deid")
+    primary = not is_research(str(event.get("rawPath", "")))
     noted = [s for s in subjects if s.study != in_path.study or in_path.study is None]
     for subject in subjects:  # what the handler learnt about the path's own study
         if in_path.study is not None and subject.study == in_path.study and subject.patient_id:

@@ -12,6 +12,8 @@ import boto3
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
 
+    from dicomweb_core.config import Settings
+
 EVENT_SOURCE = "dicomweb"
 INSTANCE_STORED = "InstanceStored"
 SERIES_STABLE = "SeriesStable"
@@ -30,6 +32,12 @@ class EventPublisher:
         self.bus_name = bus_name
         self.source = source
         self._client = client
+
+    @classmethod
+    def of(cls, settings: Settings) -> EventPublisher:
+        """The publisher of a function: its bus, with its source (``dicomweb``, or
+        ``dicomweb.deid`` in the research store, so its events never loop back)."""
+        return cls(settings.event_bus_name, source=settings.event_source)
 
     @cached_property
     def client(self) -> EventBridgeClient:

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dicomweb_core.qido.normalize import person_name, words
+from dicomweb_core.index.normalize import person_name, words
 
 SHARDS = 8  # write shards for low-cardinality keys (dates, modalities, classes, numbers)
 NO_DATE = "00000000"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from dicomweb_core.errors import Gone, NotFound
 from dicomweb_core.index import keys
 from dicomweb_core.index.models import (
     DeletedStudyItem,
@@ -14,7 +13,8 @@ from dicomweb_core.index.models import (
     StudyItem,
     study_pk,
 )
-from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.web.errors import Gone, NotFound
+from dicomweb_core.web.uri import DicomWebURI
 
 
 def series_order(item: SeriesItem) -> tuple[int, str]:

@@ -38,7 +38,8 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
-from dicomweb_core.failures import FailureReason
+from dicomweb_core.dicom.failures import FailureReason
+from dicomweb_core.dicom.instance import ReceivedInstance
 from dicomweb_core.index import keys
 from dicomweb_core.index.models import (
     DeletedStudyItem,
@@ -50,7 +51,6 @@ from dicomweb_core.index.models import (
     SopItem,
     StudyItem,
 )
-from dicomweb_core.instance import ReceivedInstance
 
 MAX_ATTEMPTS = 8
 _Item = TypeVar("_Item", bound=IndexItem)

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dicomweb_core.index.keys import normalise_time
-from dicomweb_core.qido.normalize import person_name, words
+from dicomweb_core.index.normalize import person_name, words
 from dicomweb_core.qido.query import MatchKind, QidoQuery, Term
 
 DicomJson = Mapping[str, Any]

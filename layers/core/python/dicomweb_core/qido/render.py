@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dicomweb_core.dicom_xml import to_xml
+from dicomweb_core.dicom.native_xml import to_xml
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
-from dicomweb_core.multipart import encode_multipart, multipart_content_type
 from dicomweb_core.qido.search import Entity, view
-from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.web.multipart import encode_multipart, multipart_content_type
+from dicomweb_core.web.uri import DicomWebURI
 
 SPECIFIC_CHARACTER_SET = "00080005"
 RETRIEVE_URL = "00081190"

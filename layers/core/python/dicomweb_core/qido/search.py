@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from dicomweb_core.errors import PayloadTooLarge
 from dicomweb_core.index import keys
 from dicomweb_core.index.models import (
     IndexItem,
@@ -33,12 +32,13 @@ from dicomweb_core.index.models import (
     StudyItem,
     study_pk,
 )
+from dicomweb_core.index.normalize import person_name, words
 from dicomweb_core.index.reader import instance_order, series_order
 from dicomweb_core.index.writer import MODALITY_COMBOS, PPS_MONTHS, STUDY_MONTHS
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.matching import matches_all
-from dicomweb_core.qido.normalize import person_name, words
 from dicomweb_core.qido.query import MAX_LIMIT, MatchKind, QidoQuery
+from dicomweb_core.web.errors import PayloadTooLarge
 
 DEFAULT_READ_BUDGET = 20_000
 MODALITIES_IN_STUDY = "00080061"

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from dicomweb_core.errors import BadRequest, NotAcceptable
-from dicomweb_core.mediatype import MediaRange, parse_accept
-from dicomweb_core.uid import is_valid_uid
-from dicomweb_core.wado.codecs import can_decode
+from dicomweb_core.dicom.codecs import can_decode
+from dicomweb_core.dicom.uid import is_valid_uid
+from dicomweb_core.web.errors import BadRequest, NotAcceptable
+from dicomweb_core.web.mediatype import MediaRange, parse_accept
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"

@@ -24,20 +24,22 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
 from dicomweb_core.config import Settings
-from dicomweb_core.dicom_xml import to_xml
-from dicomweb_core.errors import BadRequest, NotAcceptable, NotFound, PayloadTooLarge
-from dicomweb_core.frames import FrameIndex, coalesce_reads, frame_span
+from dicomweb_core.dicom import codecs
+from dicomweb_core.dicom.frames import FrameIndex, coalesce_reads, frame_span
+from dicomweb_core.dicom.metadata import render
+from dicomweb_core.dicom.native_xml import to_xml
+from dicomweb_core.hooks import bundles, series_metadata
+from dicomweb_core.hooks.bundles import RESPONSE_LIMIT
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.reader import instances_of, missing, series_item, series_of, study_item
-from dicomweb_core.mediatype import MediaType
-from dicomweb_core.metadata import render
-from dicomweb_core.multipart import encode_multipart, multipart_content_type
-from dicomweb_core.negotiation import negotiate
 from dicomweb_core.observability import MetricUnit, logger, metrics
 from dicomweb_core.storage import ObjectReader, metadata_key
-from dicomweb_core.uri import DicomWebURI
-from dicomweb_core.wado import bundles, codecs, media, series_metadata
-from dicomweb_core.wado.bundles import RESPONSE_LIMIT
+from dicomweb_core.wado import media
+from dicomweb_core.web.errors import BadRequest, NotAcceptable, NotFound, PayloadTooLarge
+from dicomweb_core.web.mediatype import MediaType
+from dicomweb_core.web.multipart import encode_multipart, multipart_content_type
+from dicomweb_core.web.negotiation import negotiate
+from dicomweb_core.web.uri import DicomWebURI
 
 REDIRECT_SECONDS = 300
 PIXEL_DATA_PATH = "7FE00010"

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-from dicomweb_core.errors import MultipartError, TooManyParts, UnsupportedMediaType
-from dicomweb_core.mediatype import MediaType, parse_media_type
+from dicomweb_core.web.errors import MultipartError, TooManyParts, UnsupportedMediaType
+from dicomweb_core.web.mediatype import MediaType, parse_media_type
 
 __all__ = [
     "MAX_BOUNDARY_CHARS",

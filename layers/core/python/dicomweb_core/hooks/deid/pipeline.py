@@ -23,9 +23,9 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from dicomweb_core.deid.profile import Deidentifier
+from dicomweb_core.hooks.deid.profile import Deidentifier
 from dicomweb_core.storage import InstanceStore, ObjectReader
-from dicomweb_core.stow import StowService
+from dicomweb_core.stow.service import StowService
 
 # Modalities and SOP classes whose pixels often carry text (PS3.15 E.3.1 Clean Pixel Data).
 TEXT_PRONE_MODALITIES = frozenset({"US", "XC", "ES", "OT", "SC", "DOC", "GM"})

@@ -27,10 +27,10 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import VR
 
 from dicomweb_core.config import Limits
-from dicomweb_core.failures import FailureReason, InstanceRejected
-from dicomweb_core.frames import FrameIndex, frame_index
-from dicomweb_core.metadata import instance_metadata
-from dicomweb_core.uid import is_valid_uid
+from dicomweb_core.dicom.failures import FailureReason, InstanceRejected
+from dicomweb_core.dicom.frames import FrameIndex, frame_index
+from dicomweb_core.dicom.metadata import instance_metadata
+from dicomweb_core.dicom.uid import is_valid_uid
 
 PREAMBLE_LENGTH = 128
 PART10_PREFIX = b"DICM"

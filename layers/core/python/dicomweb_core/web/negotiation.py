@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from dicomweb_core.errors import NotAcceptable
-from dicomweb_core.mediatype import MediaRange, MediaType, parse_accept
+from dicomweb_core.web.errors import NotAcceptable
+from dicomweb_core.web.mediatype import MediaRange, MediaType, parse_accept
 
 
 def _specificity(media_range: MediaRange) -> tuple[int, int]:

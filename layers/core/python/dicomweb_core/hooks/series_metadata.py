@@ -20,7 +20,7 @@ from dicomweb_core.index.models import SeriesItem
 from dicomweb_core.index.reader import instances_of
 from dicomweb_core.index.versions import at_version, record_version
 from dicomweb_core.storage import InstanceStore, ObjectReader, metadata_key, series_metadata_key
-from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.web.uri import DicomWebURI
 
 DICOM_JSON = "application/dicom+json"
 _READERS = 16  # parallel S3 reads when assembling a document

@@ -1,7 +1,7 @@
 """The reference model: a classic CT body mask (CPU only, no weights, deterministic).
 
 It exists so the inference pipeline can be deployed and tested end to end without a trained
-model, and as a worked example of the :class:`~dicomweb_core.inference.model.Model` interface.
+model, and as a worked example of the :class:`~dicomweb_core.hooks.inference.model.Model` interface.
 It is **not a diagnostic device** and makes no clinical claim.
 
 Algorithm (on a series of single-frame CT Image Storage slices, PS3.3 A.3):
@@ -50,7 +50,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as PydicomCode
 from scipy import ndimage
 
-from dicomweb_core.inference.model import (
+from dicomweb_core.hooks.inference.model import (
     CT_IMAGE_STORAGE,
     Code,
     Measurement,

@@ -3,7 +3,7 @@
 A :class:`Model` decides from a :class:`SeriesDescriptor` (built from a SeriesStable event)
 whether it wants a series, then receives the series' datasets and returns a
 :class:`ModelResult` or ``None`` to decline. Whatever a model returns is untrusted:
-:func:`validate_result` checks it before :mod:`dicomweb_core.inference.results` turns it into
+:func:`validate_result` checks it before :mod:`dicomweb_core.hooks.inference.results` turns it into
 a Segmentation (PS3.3 C.8.20) and a TID 1500 Measurement Report (PS3.16), and the result
 objects then go through the normal STOW-RS ingest path, which validates them again.
 
@@ -253,11 +253,11 @@ def load_models(spec: str, environ: Mapping[str, str]) -> list[Model]:
         if not name or name.lower() == "none":
             continue
         if name == REFERENCE_MODEL:
-            from dicomweb_core.inference.reference import CtBodyMaskModel  # noqa: PLC0415
+            from dicomweb_core.hooks.inference.reference import CtBodyMaskModel  # noqa: PLC0415
 
             model: Model = CtBodyMaskModel()
         elif name == SAGEMAKER_MODEL:
-            from dicomweb_core.inference.sagemaker import SageMakerModel  # noqa: PLC0415
+            from dicomweb_core.hooks.inference.sagemaker import SageMakerModel  # noqa: PLC0415
 
             model = SageMakerModel.from_environ(environ)
         elif ":" in name:

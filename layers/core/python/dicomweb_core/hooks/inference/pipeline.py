@@ -29,17 +29,17 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
+from dicomweb_core.dicom.uid import validate_uid
 from dicomweb_core.events import INFERENCE_COMPLETED, EventPublisher
+from dicomweb_core.hooks.inference.model import Model, ModelOutputError, SeriesDescriptor, validate_result
+from dicomweb_core.hooks.inference.results import build_results
 from dicomweb_core.index.models import InferenceRunItem, SeriesItem
 from dicomweb_core.index.reader import instances_of
 from dicomweb_core.index.versions import at_version
-from dicomweb_core.inference.model import Model, ModelOutputError, SeriesDescriptor, validate_result
-from dicomweb_core.inference.results import build_results
 from dicomweb_core.observability import logger
 from dicomweb_core.storage import ObjectReader
-from dicomweb_core.stow import StowService
-from dicomweb_core.uid import validate_uid
-from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.stow.service import StowService
+from dicomweb_core.web.uri import DicomWebURI
 
 
 class InferenceFailed(RuntimeError):

@@ -7,7 +7,7 @@ Request
     ``numpy.save`` array: ``int16``, shape ``(slices, rows, columns)``, the series' stored
     values through the Modality LUT rescale (PS3.3 C.11.1: Hounsfield units for CT), rounded
     and clipped to the int16 range, slices sorted along the slice normal
-    (:func:`~dicomweb_core.inference.model.slice_order`). ``CustomAttributes`` carries
+    (:func:`~dicomweb_core.hooks.inference.model.slice_order`). ``CustomAttributes`` carries
     ``spacing_mm=<row>,<column>,<slice>;modality=<Modality>`` (voxel spacing in mm).
 
 Response
@@ -34,7 +34,7 @@ Response
     the C-order flattened mask, padding bits zero. Codes follow PS3.16 (category CID 7150,
     type CID 7151, units UCUM). Anything else - invalid JSON, NaN or Infinity, a wrong shape
     or byte count, unknown keys, wrong types - raises
-    :class:`~dicomweb_core.inference.model.ModelOutputError`.
+    :class:`~dicomweb_core.hooks.inference.model.ModelOutputError`.
 
 Size limits
     SageMaker refuses real-time requests over 6 MB (4 MB for serverless endpoints), so a
@@ -63,7 +63,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
 
-from dicomweb_core.inference.model import (
+from dicomweb_core.hooks.inference.model import (
     Code,
     Measurement,
     ModelOutputError,
@@ -90,7 +90,7 @@ _MEASUREMENT_KEYS = {"name", "value", "unit", "derivation"}
 
 
 class SageMakerModel:
-    """A :class:`~dicomweb_core.inference.model.Model` that calls a SageMaker endpoint."""
+    """A :class:`~dicomweb_core.hooks.inference.model.Model` that calls a SageMaker endpoint."""
 
     def __init__(
         self,

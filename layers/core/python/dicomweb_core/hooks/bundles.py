@@ -32,14 +32,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dicomweb_core.frames import FrameIndex
+from dicomweb_core.dicom.frames import FrameIndex
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.reader import instances_of
 from dicomweb_core.index.versions import at_version, record_version
-from dicomweb_core.multipart import closing_delimiter, multipart_content_type, new_boundary, part_opening
 from dicomweb_core.storage import ObjectReader
-from dicomweb_core.uri import DicomWebURI
 from dicomweb_core.wado import media
+from dicomweb_core.web.multipart import closing_delimiter, multipart_content_type, new_boundary, part_opening
+from dicomweb_core.web.uri import DicomWebURI
 
 MIN_PART = 5 * 1024 * 1024  # S3: every part but the last
 BUFFER_TARGET = 8 * 1024 * 1024

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dicomweb_core.config import Settings
-from dicomweb_core.errors import NotFound
 from dicomweb_core.index.models import IndexItem, bind_table
+from dicomweb_core.web.errors import NotFound
 
 DEID_PREFIX = "/deid"
 
@@ -41,10 +41,20 @@ def roots(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[s
     return found
 
 
+def store_prefix(raw_path: str) -> str:
+    """Which store a request path belongs to: ``/deid`` for the research store (the path is
+    ``/deid`` or below it; ``/deidx`` is not), else ``""``, the primary store. Access rules,
+    the audit record and store selection all decide with this one function."""
+    return DEID_PREFIX if raw_path == DEID_PREFIX or raw_path.startswith(DEID_PREFIX + "/") else ""
+
+
+def is_research(raw_path: str) -> bool:
+    return store_prefix(raw_path) == DEID_PREFIX
+
+
 def select(available: Mapping[str, StoreRoot], raw_path: str) -> StoreRoot:
     """The root a path belongs to, with the index bound to its table."""
-    prefix = DEID_PREFIX if raw_path == DEID_PREFIX or raw_path.startswith(DEID_PREFIX + "/") else ""
-    root = available.get(prefix)
+    root = available.get(store_prefix(raw_path))
     if root is None:
         raise NotFound("No such DICOMweb root.")
     if IndexItem.Meta.table_name != root.table_name:

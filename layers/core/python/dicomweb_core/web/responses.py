@@ -14,12 +14,10 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from dicomweb_core.errors import BadRequest, DicomWebError, NotFound
 from dicomweb_core.observability import logger
+from dicomweb_core.web.errors import BadRequest, DicomWebError, NotFound
 
-DICOM_JSON = "application/dicom+json"
 PROBLEM_JSON = "application/json"
-SERVICE_NAME = "dicomweb"
 _HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?")
 
 
@@ -50,23 +48,6 @@ def base_url(event: APIGatewayProxyEventV2, configured: str) -> str:
 def header(event: APIGatewayProxyEventV2, name: str) -> str | None:
     headers: Mapping[str, str] = event.get("headers") or {}
     return headers.get(name.lower())
-
-
-def warning_value(text: str) -> str:
-    """A ``Warning: 299`` header value (PS3.18 §8.3.4.3) that cannot inject headers."""
-    safe = "".join(ch if 32 <= ord(ch) < 127 and ch != '"' else " " for ch in text)
-    return f'299 {SERVICE_NAME} "{safe[:200]}"'
-
-
-def dicom_json_response(
-    status: HTTPStatus, payload: Any, *, headers: Mapping[str, str | list[str]] | None = None
-) -> Response[str]:
-    return Response(
-        status_code=int(status),
-        content_type=DICOM_JSON,
-        body=json.dumps(payload, separators=(",", ":")),
-        headers=dict(headers or {}),
-    )
 
 
 def error_response(error: DicomWebError) -> Response[str]:

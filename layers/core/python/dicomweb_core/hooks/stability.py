@@ -30,13 +30,13 @@ from typing import Any
 
 from pynamodb.exceptions import UpdateError
 
+from dicomweb_core.dicom.uid import validate_uid
 from dicomweb_core.events import SERIES_STABLE, STUDY_STABLE, EventPublisher
 from dicomweb_core.index import keys
 from dicomweb_core.index.models import SeriesItem, StudyItem
 from dicomweb_core.index.reader import series_of
 from dicomweb_core.index.versions import record_version
 from dicomweb_core.observability import logger
-from dicomweb_core.uid import validate_uid
 
 # EventBridge stamps events with a whole-second time: an instance stored within the same
 # second as the message's own counts as "not later" (both messages then race on the

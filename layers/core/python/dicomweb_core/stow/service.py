@@ -21,9 +21,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from dicomweb_core.config import DuplicatePolicy, Settings
-from dicomweb_core.errors import BadRequest, UnsupportedMediaType
+from dicomweb_core.dicom.failures import Failure, FailureReason, InstanceRejected, WarningReason
+from dicomweb_core.dicom.instance import InflationBudget, ReceivedInstance, read_instance
 from dicomweb_core.events import INSTANCE_STORED, EventPublisher
-from dicomweb_core.failures import Failure, FailureReason, InstanceRejected, WarningReason
 from dicomweb_core.index.writer import (
     AlreadyIndexed,
     ExistingInstance,
@@ -32,12 +32,13 @@ from dicomweb_core.index.writer import (
     StoredObject,
     WriteRefused,
 )
-from dicomweb_core.instance import InflationBudget, ReceivedInstance, read_instance
-from dicomweb_core.mediatype import parse_media_type
-from dicomweb_core.multipart import boundary_of, split_parts
 from dicomweb_core.observability import logger
-from dicomweb_core.storage import InstanceStore, instance_key, metadata_key, new_write_id
-from dicomweb_core.uri import DicomWebURI
+from dicomweb_core.storage import InstanceStore, S3InstanceStore, instance_key, metadata_key, new_write_id
+from dicomweb_core.web.errors import BadRequest, UnsupportedMediaType
+from dicomweb_core.web.mediatype import parse_media_type
+from dicomweb_core.web.multipart import boundary_of, split_parts
+from dicomweb_core.web.reply import Reply, dicom_json_reply, warning_value
+from dicomweb_core.web.uri import DicomWebURI
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
@@ -119,6 +120,17 @@ def _check_part_type(type_param: str | None) -> None:
 
 class StowService:
     """Stores a request's instances one by one; a bad instance never affects the others."""
+
+    @classmethod
+    def of(cls, settings: Settings, *, events: EventPublisher | None = None) -> StowService:
+        """The service wired to the settings' bucket, index and bus: STOW, the local
+        loader, de-identification and inference all store through this one wiring."""
+        return cls(
+            settings=settings,
+            store=S3InstanceStore(settings.bucket_name),
+            index=IndexWriter(),
+            events=events or EventPublisher.of(settings),
+        )
 
     def __init__(
         self,
@@ -342,6 +354,17 @@ def _stored(instance: ReceivedInstance, stored: StoredObject) -> StoredInstance:
         series_instance_uid=instance.series_instance_uid,
         modality=instance.modality,
         stored=stored,
+    )
+
+
+def stow_reply(outcome: StoreOutcome, *, base_url: str, study: str | None) -> Reply:
+    """The answer to a STOW-RS request: its status, the Store Instances Response, and a
+    ``Warning`` header per failure (the first ten) that says why in words."""
+    warnings = [warning_value(f.message) for f in outcome.failures[:10]]
+    return dicom_json_reply(
+        outcome.status,
+        store_response(outcome, base_url=base_url, study=study),
+        headers={"Warning": warnings} if warnings else None,
     )
 
 

@@ -1,0 +1,1 @@
+"""Lambda entry kits: every API function and every SQS hook is built the same way."""
