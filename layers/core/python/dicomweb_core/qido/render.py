@@ -7,7 +7,7 @@ from typing import Any
 
 from dicomweb_core.dicom.native_xml import to_xml
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
-from dicomweb_core.qido.search import Entity, view
+from dicomweb_core.qido.view import Entity, view
 from dicomweb_core.web.multipart import encode_multipart, multipart_content_type
 from dicomweb_core.web.uri import DicomWebURI
 
