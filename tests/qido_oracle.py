@@ -44,7 +44,7 @@ from pydicom.uid import (
     UltrasoundImageStorage,
 )
 
-from tests.generate import make_dataset
+from infra.datasets.generate import make_dataset
 
 SEED = 20240229
 STUDY, SERIES, INSTANCE = "study", "series", "instance"

@@ -15,7 +15,7 @@ from dicomweb_core import audit
 from dicomweb_core.config import settings
 from dicomweb_core.entry.hooks import sqs_handler
 from dicomweb_core.events import EventPublisher
-from dicomweb_core.hooks.inference.model import load_models
+from dicomweb_core.hooks.inference.loading import load_models
 from dicomweb_core.hooks.inference.pipeline import InferencePipeline, Selection
 from dicomweb_core.observability import MetricUnit, logger, metrics
 from dicomweb_core.storage import ObjectReader

@@ -9,6 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from dicomweb_core.config import settings
+from dicomweb_core.entry import stores
 from dicomweb_core.entry.api import api_app, api_handler, respond
 from dicomweb_core.observability import tracer
 from dicomweb_core.qido.attributes import Level
@@ -18,12 +19,12 @@ from dicomweb_core.web import responses, roots
 app = api_app()
 router = APIGatewayHttpRouter()  # type: ignore[no-untyped-call]  # Powertools leaves Router.__init__ unannotated
 SETTINGS = settings()
-ROOTS = roots.roots(SETTINGS)
+ROOTS = stores.roots(SETTINGS)
 
 
 def _search(level: Level, study: str | None = None, series: str | None = None) -> Response[Any]:
     event = router.current_event
-    root = roots.select(ROOTS, event.raw_path)
+    root = stores.select(ROOTS, event.raw_path)
     request = SearchRequest(
         level=level,
         base_url=root.base_url(responses.base_url(event, SETTINGS.public_base_url)),

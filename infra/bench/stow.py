@@ -15,8 +15,8 @@ import requests
 from dicomweb_core.config import Limits
 from dicomweb_core.dicom.instance import read_instance
 from dicomweb_core.web.multipart import encode_multipart, multipart_content_type
+from infra.datasets.generate import make_dataset, new_uid, to_part10
 from infra.local.serve import LocalStack, Options
-from tests.generate import make_dataset, new_uid, to_part10
 
 
 def free_port() -> int:

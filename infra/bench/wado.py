@@ -26,8 +26,8 @@ from dicomweb_core.wado.service import Request, RetrieveService
 from dicomweb_core.web.multipart import split_parts
 from dicomweb_core.web.uri import DicomWebURI
 from infra.bench.stow import _batches, _post, bench_options, ct_series
+from infra.datasets.dicom_files import test_file
 from infra.local.serve import LocalStack
-from tests.dicom_files import test_file
 
 
 def _median_ms(call: Callable[[], requests.Response], runs: int) -> float:

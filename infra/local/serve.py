@@ -34,6 +34,7 @@ from infra.local.auth import (
     LocalSigningKey,
     TokenIssuer,
     issue_role_tokens,
+    role_scopes,
     write_tokens_file,
 )
 from infra.local.gateway import CorsPolicy, Gateway, LinkSigningKey, ObjectProxy, make_server
@@ -193,9 +194,15 @@ class LocalStack:
             if self.options.auth
             else None
         )
-        tokens = issue_role_tokens(TokenIssuer(key, issuer_url), client_ids)
+        # Each role's scopes are its app client's in this stack's template, read now.
+        scopes = role_scopes(self.template)
+        tokens = issue_role_tokens(TokenIssuer(key, issuer_url), client_ids, scopes=scopes)
         write_tokens_file(
-            self.tokens_path, tokens, base_url=self.base_url, expires_at=datetime.now(UTC) + DEFAULT_LIFETIME
+            self.tokens_path,
+            tokens,
+            scopes=scopes,
+            base_url=self.base_url,
+            expires_at=datetime.now(UTC) + DEFAULT_LIFETIME,
         )
         self.tokens = tokens
         api = self.template.http_api()

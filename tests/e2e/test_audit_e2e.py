@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import requests
 
+from infra.datasets.generate import make_dataset, new_uid, to_part10
 from infra.samtemplate import Route, load_template
 from tests.e2e.conftest import Runtime
 from tests.e2e.helpers import TIMEOUT_S, stow
-from tests.generate import make_dataset, new_uid, to_part10
 
 pytestmark = pytest.mark.e2e
 

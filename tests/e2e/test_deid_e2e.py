@@ -28,9 +28,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 
 from dicomweb_core.hooks.deid.profile import Deidentifier, Options
+from infra.datasets.generate import make_dataset, new_uid, to_part10
 from tests.e2e.conftest import REGION, Runtime
 from tests.e2e.helpers import TIMEOUT_S, referenced, stow
-from tests.generate import make_dataset, new_uid, to_part10
 
 pytestmark = pytest.mark.e2e
 

@@ -16,10 +16,10 @@ import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
 
+from infra.datasets import synthetic_ct
+from infra.datasets.generate import new_uid, to_part10
 from tests.e2e.conftest import Runtime
 from tests.e2e.helpers import stow
-from tests.generate import new_uid, to_part10
-from tests.unit import synthetic_ct
 
 pytestmark = pytest.mark.e2e
 

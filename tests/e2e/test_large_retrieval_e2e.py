@@ -23,9 +23,9 @@ import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.uid import MRImageStorage
 
+from infra.datasets.generate import make_dataset, new_uid, to_part10
 from tests.e2e.conftest import REPO_ROOT, Runtime, start_runtime
 from tests.e2e.helpers import stow
-from tests.generate import make_dataset, new_uid, to_part10
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

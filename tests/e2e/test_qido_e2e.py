@@ -23,9 +23,9 @@ from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.uid import BasicTextSRStorage, CTImageStorage
 
+from infra.datasets.generate import make_dataset, new_uid
 from tests.e2e.conftest import Runtime
 from tests.e2e.helpers import FAILED_SOP_SEQUENCE, TIMEOUT_S, instance_url
-from tests.generate import make_dataset, new_uid
 
 pytestmark = pytest.mark.e2e
 

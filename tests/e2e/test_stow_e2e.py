@@ -27,7 +27,7 @@ from dicomweb_client import DICOMwebClient
 from dicomweb_core.config import Limits
 from dicomweb_core.dicom.failures import InstanceRejected
 from dicomweb_core.dicom.instance import read_instance
-from tests.dicom_files import part10_files
+from infra.datasets.dicom_files import part10_files
 from tests.e2e.conftest import Runtime
 from tests.e2e.helpers import (
     API_LIMIT_BYTES,

@@ -25,10 +25,10 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from tests import dicom_files
+from infra.datasets import dicom_files
+from infra.datasets.generate import make_dataset, new_uid, to_part10
 from tests.e2e.conftest import Runtime
 from tests.e2e.helpers import TIMEOUT_S, instance_url, stow
-from tests.generate import make_dataset, new_uid, to_part10
 
 pytestmark = pytest.mark.e2e
 

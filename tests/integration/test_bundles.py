@@ -23,12 +23,11 @@ from dicomweb_core.hooks.bundles import MIN_PART, BundleBuilder, BundleComposer,
 from dicomweb_core.index.models import SeriesItem, StudyItem
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.stow.service import StowService
-from dicomweb_core.wado import media
-from dicomweb_core.wado.service import StoredFrameDecoder, instance_in_syntax
+from dicomweb_core.wado import media, prebuilt
 from dicomweb_core.web.multipart import split_parts
+from infra.datasets.generate import make_dataset, new_uid, to_part10
 from infra.local.provision import Stack
 from infra.samtemplate import load_template, object_routes
-from tests.generate import make_dataset, new_uid, to_part10
 from tests.integration.test_wado_service import follow_presigned, wado_event
 from tests.lambda_harness import LambdaContext, load_handler
 from tests.moto_stack import provisioned, store_ok, stow_service
@@ -67,11 +66,7 @@ class Env:
 
     def builder(self) -> BundleBuilder:
         reader = ObjectReader(self.bucket)
-        return BundleBuilder(
-            composer=BundleComposer(self.bucket, reader),
-            convert=lambda item, syntax: instance_in_syntax(reader, item, syntax),
-            frames=StoredFrameDecoder(reader),
-        )
+        return BundleBuilder(composer=BundleComposer(self.bucket, reader))
 
     def follow(self, location: str) -> tuple[str, bytes]:
         """What CloudFront serves for a same-host presigned path: the object the path names."""
@@ -214,8 +209,8 @@ def test_default_syntax_bundles_are_added_only_when_some_instance_differs() -> N
     explicit, jpeg = media.EXPLICIT_VR_LITTLE_ENDIAN, "1.2.840.10008.1.2.4.50"
     assert bundles.syntaxes([Item(explicit)]) == [media.AS_STORED]  # type: ignore[list-item]
     assert bundles.syntaxes([Item(explicit), Item(jpeg)]) == [media.AS_STORED, explicit]  # type: ignore[list-item]
-    assert bundles.bundle_syntax(explicit, [Item(explicit)]) == media.AS_STORED  # type: ignore[list-item]
-    assert bundles.bundle_syntax(explicit, [Item(jpeg)]) == explicit  # type: ignore[list-item]
+    assert prebuilt.bundle_syntax(explicit, [Item(explicit)]) == media.AS_STORED  # type: ignore[list-item]
+    assert prebuilt.bundle_syntax(explicit, [Item(jpeg)]) == explicit  # type: ignore[list-item]
 
 
 def test_the_template_serves_presigned_paths_on_the_api_host() -> None:

@@ -32,10 +32,7 @@ from dicomweb_core.index.models import SopItem, StudyItem, bind_table
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow.service import StowService
-from infra.local.provision import Stack
-from infra.samtemplate import load_template
-from tests.faults import FAULTS, Crash, Faults
-from tests.generate import (
+from infra.datasets.generate import (
     STRUCTURED_PHI_VALUES,
     make_phi_gsps,
     make_phi_kos,
@@ -44,6 +41,9 @@ from tests.generate import (
     new_uid,
     to_part10,
 )
+from infra.local.provision import Stack
+from infra.samtemplate import load_template
+from tests.faults import FAULTS, Crash, Faults
 from tests.lambda_harness import LambdaContext, load_handler, sqs_record
 from tests.moto_stack import provisioned, stow_service
 from tests.write_invariants import check

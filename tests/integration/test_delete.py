@@ -16,9 +16,9 @@ from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder
 from dicomweb_core.index.models import DeletedStudyItem, IndexItem, SeriesItem, SopItem, study_pk
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow.service import StowService
+from infra.datasets.generate import make_dataset, new_uid, to_part10
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
-from tests.generate import make_dataset, new_uid, to_part10
 from tests.integration.test_wado_service import wado_event
 from tests.lambda_harness import LambdaContext, load_handler, route_for
 from tests.moto_stack import provisioned, store_ok, stow_service

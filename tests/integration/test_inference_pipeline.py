@@ -1,7 +1,7 @@
 """Inference against moto: SeriesStable → models → SEG/SR stored through STOW's ingest path.
 
 Resources come from template.yaml. The series is a synthetic CT with a known body mask
-(tests/unit/synthetic_ct.py); the reference model runs for real, highdicom builds the
+(infra/datasets/synthetic_ct.py); the reference model runs for real, highdicom builds the
 results, and the store re-validates them as untrusted input.
 """
 
@@ -35,12 +35,12 @@ from dicomweb_core.index.models import InferenceRunItem, InstanceItem, SeriesIte
 from dicomweb_core.index.reader import series_of
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.stow.service import StowService
+from infra.datasets import synthetic_ct
+from infra.datasets.generate import new_uid, to_part10
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
-from tests.generate import new_uid, to_part10
 from tests.lambda_harness import LambdaContext, load_handler, sqs_record
 from tests.moto_stack import provisioned, stow_service
-from tests.unit import synthetic_ct
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

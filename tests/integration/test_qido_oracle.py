@@ -19,13 +19,13 @@ from pydicom.uid import (
     EnhancedSRStorage,
 )
 
+from dicomweb_core.errors import BadRequest
 from dicomweb_core.index.models import SeriesItem, StudyItem
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
 from dicomweb_core.qido.render import result
 from dicomweb_core.qido.search import search
 from dicomweb_core.qido.view import Entity
-from dicomweb_core.web.errors import BadRequest
 from infra.datasets.generate import to_part10
 from tests.moto_stack import BASE_URL, moto_account, provisioned, stow_service
 from tests.qido_oracle import INSTANCE, SERIES, STUDY, Corpus, Oracle, build_corpus

@@ -25,9 +25,9 @@ from dicomweb_core.events import EventPublisher
 from dicomweb_core.hooks.stability import StabilityService
 from dicomweb_core.index.models import SeriesItem
 from dicomweb_core.stow.service import StowService
+from infra.datasets.generate import make_dataset, new_uid, to_part10
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
-from tests.generate import make_dataset, new_uid, to_part10
 from tests.lambda_harness import LambdaContext, load_handler, sqs_record
 from tests.moto_stack import provisioned, stow_service
 

@@ -21,7 +21,7 @@ from dicomweb_core.events import EventPublisher
 from dicomweb_core.index.models import SeriesItem, SopItem, StudyItem
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.stow.service import StowService, store_response
-from tests.generate import make_dataset, make_instance, new_uid, to_part10
+from infra.datasets.generate import make_dataset, make_instance, new_uid, to_part10
 from tests.moto_stack import BASE_URL, provisioned, stow_service
 
 

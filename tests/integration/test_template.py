@@ -409,7 +409,7 @@ def test_lost_audit_records_are_counted_in_every_auditing_function_and_alarmed(
         def write(self, message: Any) -> None:
             raise OSError("audit group unreachable")
 
-    monkeypatch.setattr(audit, "sink", Broken)
+    monkeypatch.setattr(audit.sinks, "sink", Broken)
     (lost,) = _function_log_lines(
         monkeypatch,
         lambda: audit.emit(

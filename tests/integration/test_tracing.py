@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from dicomweb_core import audit, config, observability
+from infra.datasets.generate import PHI_VALUES, make_phi_rich, to_part10
 from infra.samtemplate import load_template
-from tests.generate import PHI_VALUES, make_phi_rich, to_part10
 from tests.integration.test_wado_service import wado_event
 from tests.lambda_harness import LambdaContext, load_handler
 from tests.moto_stack import provisioned, store_ok, stow_service
@@ -107,7 +107,7 @@ def search_all_studies(
     for name, value in {**environment, **overrides}.items():
         monkeypatch.setenv(name, value)
     config.settings.cache_clear()
-    monkeypatch.setattr(audit, "sink", lambda: audit.FileSink(tmp_path / "audit.jsonl"))
+    monkeypatch.setattr(audit.sinks, "sink", lambda: audit.FileSink(tmp_path / "audit.jsonl"))
     store_ok(stow_service(settings), to_part10(make_phi_rich()))
     qido = load_handler("QidoFunction")  # decorators read the environment at cold start
     event = wado_event("/studies")

@@ -45,6 +45,7 @@ from dicomweb_core.config import DuplicatePolicy, Limits, Settings
 from dicomweb_core.dicom.failures import InstanceRejected
 from dicomweb_core.dicom.frames import MAX_READ_GAP
 from dicomweb_core.dicom.instance import ReceivedInstance, read_instance
+from dicomweb_core.errors import PayloadTooLarge
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.hooks.bundles import RESPONSE_LIMIT, BundleBuilder, BundleComposer
 from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder
@@ -52,14 +53,13 @@ from dicomweb_core.index.models import InstanceItem, SeriesItem, bind_table
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow.service import StowService
-from dicomweb_core.wado.service import Request, RetrieveService, StoredFrameDecoder, instance_in_syntax
-from dicomweb_core.web.errors import PayloadTooLarge
+from dicomweb_core.wado.service import Request, RetrieveService
 from dicomweb_core.web.uri import MAX_FRAMES_PER_REQUEST, DicomWebURI
+from infra.datasets.dicom_files import PYDICOM_DATA_FILES, PYDICOM_TEST_FILES, part10_files
+from infra.datasets.generate import make_dataset, new_uid, to_part10
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import provision
 from infra.samtemplate import load_template, object_routes
-from tests.dicom_files import PYDICOM_DATA_FILES, PYDICOM_TEST_FILES, part10_files
-from tests.generate import make_dataset, new_uid, to_part10
 from tests.lambda_harness import LambdaContext, load_handler, route_for
 from tests.moto_stack import store_ok
 
@@ -276,11 +276,7 @@ class World:
     def bundles(self) -> BundleBuilder:
         """The bundle hook's builder, as BundleFunction runs it on SeriesStable."""
         reader = ObjectReader(self.settings.bucket_name)
-        return BundleBuilder(
-            composer=BundleComposer(self.settings.bucket_name, reader),
-            convert=lambda item, syntax: instance_in_syntax(reader, item, syntax),
-            frames=StoredFrameDecoder(reader),
-        )
+        return BundleBuilder(composer=BundleComposer(self.settings.bucket_name, reader))
 
     def prebuild(self, entry: CorpusFile) -> None:
         """Run the bundle hook for the entry's series, as on its SeriesStable."""
@@ -723,7 +719,7 @@ def test_frames_are_pydicoms_frames_read_by_range(world: World, entry: CorpusFil
                 continue
             world.prebuild(entry)
             response = service.frames(_frames_request(entry, numbers))
-            assert response.status_code == 303
+            assert response.status == 303
             raw = follow_presigned(world.s3, world.settings.bucket_name, response.headers["Location"])
             ((headers, body),) = split_multipart(raw[1], raw[0])
             assert body == expected[numbers[0] - 1]
@@ -731,7 +727,7 @@ def test_frames_are_pydicoms_frames_read_by_range(world: World, entry: CorpusFil
             continue
         response = service.frames(_frames_request(entry, numbers))
         # Then each part is exactly that frame, labelled with the stored transfer syntax
-        parts = split_multipart(response.body, response.headers["Content-Type"])
+        parts = split_multipart(response.body, response.content_type)
         assert [body for _, body in parts] == [expected[n - 1] for n in numbers]
         for (headers, _), number in zip(parts, numbers, strict=True):
             assert transfer_syntax_of(headers["content-type"]) == entry.instance.transfer_syntax_uid
@@ -809,7 +805,7 @@ def test_repeated_frames_are_read_once_and_answered_in_the_order_asked(
     # When a list that repeats frames is retrieved
     response = service.frames(_frames_of(study, series, sop, numbers, AS_STORED_FRAMES))
     # Then every number asked for has its part, in the order asked (PS3.18 §10.4.1.1.4)
-    parts = split_multipart(response.body, response.headers["Content-Type"])
+    parts = split_multipart(response.body, response.content_type)
     assert [body for _, body in parts] == [frames[n - 1] for n in numbers]
     path = instance_path(study, series, sop)
     assert [h["content-location"] for h, _ in parts] == [f"{BASE_URL}{path}/frames/{n}" for n in numbers]
@@ -857,7 +853,7 @@ def test_near_frames_share_a_ranged_get_and_far_ones_do_not(
     # When the list is retrieved as stored
     response = service.frames(_frames_of(study, series, sop, numbers, AS_STORED_FRAMES))
     # Then the frames come back in the order asked
-    parts = split_multipart(response.body, response.headers["Content-Type"])
+    parts = split_multipart(response.body, response.content_type)
     assert [body for _, body in parts] == [frames[n - 1] for n in numbers]
     # And S3 served three ranged GETs: frames 1-3 with the near one (reading the gap),
     # the far one alone, and the last two together

@@ -28,8 +28,9 @@ from pynamodb.exceptions import TransactWriteError
 from dicomweb_core.config import DuplicatePolicy, Settings
 from dicomweb_core.delete.service import DeleteService
 from dicomweb_core.dicom.failures import FailureReason
+from dicomweb_core.errors import Gone
 from dicomweb_core.events import EventPublisher
-from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder, assemble, cached
+from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder
 from dicomweb_core.index.models import IndexItem, InstanceItem, SeriesItem, SopItem, study_pk
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.qido.attributes import Level
@@ -37,9 +38,9 @@ from dicomweb_core.qido.query import parse_query
 from dicomweb_core.qido.search import search
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow.service import StoreOutcome
-from dicomweb_core.web.errors import Gone
+from dicomweb_core.wado.prebuilt import assemble, cached
+from infra.datasets.generate import make_dataset, to_part10
 from tests.faults import FAULTS, Crash, Faults
-from tests.generate import make_dataset, to_part10
 from tests.moto_stack import provisioned, stow_service
 from tests.write_invariants import check
 

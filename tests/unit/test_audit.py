@@ -106,8 +106,8 @@ def test_server_errors_are_serious_failures() -> None:
 def test_the_wrapper_records_exactly_once_even_when_the_handler_raises(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(audit, "sink", lambda: audit.FileSink(tmp_path / "audit.jsonl"))
-    monkeypatch.setattr(audit, "_patient_of", lambda study: None)
+    monkeypatch.setattr(audit.sinks, "sink", lambda: audit.FileSink(tmp_path / "audit.jsonl"))
+    monkeypatch.setattr(audit.decorator, "_patient_of", lambda study: None)
 
     @audit.audited
     def crashing(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -120,8 +120,8 @@ def test_the_wrapper_records_exactly_once_even_when_the_handler_raises(
 
 
 def test_notes_are_per_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit, "sink", lambda: audit.FileSink(tmp_path / "audit.jsonl"))
-    monkeypatch.setattr(audit, "_patient_of", lambda study: None)
+    monkeypatch.setattr(audit.sinks, "sink", lambda: audit.FileSink(tmp_path / "audit.jsonl"))
+    monkeypatch.setattr(audit.decorator, "_patient_of", lambda study: None)
 
     @audit.audited
     def storing(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def test_a_broken_sink_does_not_fail_the_request(monkeypatch: pytest.MonkeyPatch
         def write(self, message: Any) -> None:
             raise OSError("disk full")
 
-    monkeypatch.setattr(audit, "sink", Broken)
+    monkeypatch.setattr(audit.sinks, "sink", Broken)
     audit.emit({"EventIdentification": {}})  # logged, not raised
 
 
@@ -168,7 +168,9 @@ def test_a_lost_record_leaves_only_its_reference_in_the_function_log(
     message = audit.http_message(event, 200, patient_of=lambda study: "PID-12345")
     assert "PID-12345" in json.dumps(message)
     # And an audit log group that cannot be written to (here: it does not exist)
-    monkeypatch.setattr(audit, "sink", lambda: audit.CloudWatchSink("missing", client=boto3.client("logs")))
+    monkeypatch.setattr(
+        audit.sinks, "sink", lambda: audit.CloudWatchSink("missing", client=boto3.client("logs"))
+    )
 
     # When the record is emitted
     audit.emit(message)
@@ -210,7 +212,7 @@ def test_a_failure_whose_error_quotes_the_record_does_not_leak_it(
         def write(self, message: Any) -> None:
             raise ValueError(f"cannot write {json.dumps(message)}")
 
-    monkeypatch.setattr(audit, "sink", Echoing)
+    monkeypatch.setattr(audit.sinks, "sink", Echoing)
     event = http_event("GET /studies", rawQueryString="PatientName=Doe%5EJane")
 
     # When a record is emitted

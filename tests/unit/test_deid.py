@@ -18,9 +18,8 @@ from dicomweb_core.dicom.failures import InstanceRejected
 from dicomweb_core.dicom.instance import read_instance
 from dicomweb_core.dicom.uid import is_valid_uid
 from dicomweb_core.hooks.deid.profile import Dates, Deidentifier, Options, Rule, table
-from infra.deid.make_table import convert
-from tests.dicom_files import part10_files
-from tests.generate import (
+from infra.datasets.dicom_files import part10_files
+from infra.datasets.generate import (
     PHI_VALUES,
     STRUCTURED_PHI_VALUES,
     code,
@@ -31,6 +30,7 @@ from tests.generate import (
     new_uid,
     to_part10,
 )
+from infra.deid.make_table import convert
 
 KEY = b"0123456789abcdef0123456789abcdef"
 PHI = list(PHI_VALUES)

@@ -39,12 +39,12 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from moto import mock_aws
 
-from dicomweb_core import audit, config
+from dicomweb_core import audit, config, observability
 from dicomweb_core.index.models import IndexItem, bind_table
+from infra.datasets.generate import make_dataset, to_part10
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import provision
 from infra.samtemplate import load_template
-from tests.generate import make_dataset, to_part10
 from tests.lambda_harness import LambdaContext, load_handler, route_for
 from tests.unit.test_fuzz_parsers import (
     BASES,
@@ -157,7 +157,7 @@ class Deployment:
             bind_table(self.table)
         before = len(self.watch.keys)
         response = module.handler(request, LambdaContext(name))
-        module.metrics.clear_metrics()  # metrics are disabled in tests; they would pile up
+        observability.metrics.clear_metrics()  # metrics are disabled in tests; they would pile up
         answer = _answer(response)
         assert_safe(answer, f"{method} {raw_path!r} ?{query!r} {dict(headers or {})!r}")
         for operation, key in self.watch.keys[before:]:

@@ -44,6 +44,7 @@ from dicomweb_core.config import DuplicatePolicy, Limits, Settings
 from dicomweb_core.dicom.failures import FailureReason, InstanceRejected
 from dicomweb_core.dicom.instance import read_instance
 from dicomweb_core.dicom.uid import is_valid_uid
+from dicomweb_core.errors import DicomWebError, MultipartError, TooManyParts
 from dicomweb_core.index.normalize import person_name
 from dicomweb_core.qido.attributes import Level, matchable_keywords, resolve
 from dicomweb_core.qido.matching import matches_value
@@ -53,12 +54,11 @@ from dicomweb_core.stow.service import instance_payloads
 from dicomweb_core.wado import media
 from dicomweb_core.web import reply
 from dicomweb_core.web import responses as http
-from dicomweb_core.web.errors import DicomWebError, MultipartError, TooManyParts
 from dicomweb_core.web.mediatype import MediaType, parse_accept, parse_media_type
 from dicomweb_core.web.multipart import split_parts
 from dicomweb_core.web.negotiation import negotiate
 from dicomweb_core.web.uri import DicomWebURI
-from tests.generate import make_dataset, make_phi_rich, to_part10
+from infra.datasets.generate import make_dataset, make_phi_rich, to_part10
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -1,7 +1,7 @@
 """The model plugin interface, the volume helpers and the reference CT body mask model.
 
 The reference model is checked against a synthetic phantom with a known answer
-(tests/unit/synthetic_ct.py): an elliptic water cylinder holding an air "lung", next to a
+(infra/datasets/synthetic_ct.py): an elliptic water cylinder holding an air "lung", next to a
 +200 HU "table" that never touches it.
 """
 
@@ -15,21 +15,16 @@ import numpy as np
 import pytest
 from pydicom import Dataset
 
-from dicomweb_core.hooks.inference import model as model_module
+from dicomweb_core.hooks.inference import loading
+from dicomweb_core.hooks.inference.loading import load_models
 from dicomweb_core.hooks.inference.model import (
     Code,
-    InconsistentGeometry,
     Measurement,
     Model,
     ModelOutputError,
     ModelResult,
     SeriesDescriptor,
-    check_volume_geometry,
-    load_models,
-    slice_order,
-    sort_by_position,
     validate_result,
-    volume_geometry,
 )
 from dicomweb_core.hooks.inference.reference import (
     ATTENUATION,
@@ -41,7 +36,14 @@ from dicomweb_core.hooks.inference.reference import (
     CtBodyMaskModel,
 )
 from dicomweb_core.hooks.inference.sagemaker import SageMakerModel
-from tests.unit import synthetic_ct as phantom
+from dicomweb_core.hooks.inference.volume import (
+    InconsistentGeometry,
+    check_volume_geometry,
+    slice_order,
+    sort_by_position,
+    volume_geometry,
+)
+from infra.datasets import synthetic_ct as phantom
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -398,4 +400,4 @@ def test_bad_specifications(spec: str, message: str) -> None:
 
 
 def test_known_models_are_listed() -> None:
-    assert model_module.KNOWN_MODELS == ("ct-body-mask", "sagemaker")
+    assert loading.KNOWN_MODELS == ("ct-body-mask", "sagemaker")

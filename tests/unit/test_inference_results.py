@@ -28,7 +28,7 @@ from dicomweb_core.hooks.inference.results import (
     build_results,
     result_uid,
 )
-from tests.unit import synthetic_ct as phantom
+from infra.datasets import synthetic_ct as phantom
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -24,7 +24,7 @@ from pydicom import Dataset
 
 from dicomweb_core.hooks.inference.model import ModelOutputError, SeriesDescriptor, validate_result
 from dicomweb_core.hooks.inference.sagemaker import SageMakerModel, parse_response
-from tests.unit import synthetic_ct as phantom
+from infra.datasets import synthetic_ct as phantom
 
 ENDPOINT = "body-seg"
 MOTO_RESULTS = "http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results"

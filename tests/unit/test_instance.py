@@ -33,8 +33,8 @@ from pydicom.uid import (
 from dicomweb_core.config import Limits
 from dicomweb_core.dicom.failures import FailureReason, InstanceRejected
 from dicomweb_core.dicom.instance import ReceivedInstance, read_instance
-from tests import dicom_files
-from tests.dicom_files import PYDICOM_DATA_FILES, PYDICOM_TEST_FILES, part10_files
+from infra.datasets import dicom_files
+from infra.datasets.dicom_files import PYDICOM_DATA_FILES, PYDICOM_TEST_FILES, part10_files
 
 SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
 SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.10001"

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import hmac
 import json
+import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,9 +29,10 @@ from infra.local.auth import (
     LocalSigningKey,
     TokenIssuer,
     issue_role_tokens,
+    role_scopes,
     write_tokens_file,
 )
-from infra.samtemplate import Route, load_template
+from infra.samtemplate import Route, Template, load_template
 
 ISSUER = "http://localhost:3001/local_TestPool"
 NOW = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
@@ -461,13 +466,53 @@ def test_scp_claim_alone_grants_scopes(key: LocalSigningKey, authorize: Authoriz
 
 def test_role_scopes_come_from_the_template_clients() -> None:
     # Given the template's app clients
-    clients = load_template().resources_of_type("AWS::Cognito::UserPoolClient")
-    # When ROLE_SCOPES is compared with their AllowedOAuthScopes
+    template = load_template()
+    clients = template.resources_of_type("AWS::Cognito::UserPoolClient")
+    # When the roles' scopes are read from the template
+    scopes = role_scopes(template)
     for role, logical_id in ROLE_CLIENTS.items():
         allowed = clients[logical_id]["Properties"]["AllowedOAuthScopes"]
         # Then each role has exactly its client's resource-server scopes
-        assert ROLE_SCOPES[role] == tuple(s for s in allowed if "/" in s)
-    assert "openid" not in ROLE_SCOPES["viewer"]
+        assert scopes[role] == tuple(s for s in allowed if "/" in s)
+    assert "openid" not in scopes["viewer"]
+    assert dict(ROLE_SCOPES) == dict(scopes)
+
+
+def test_role_scopes_follow_the_template_they_are_read_from() -> None:
+    # Given a template whose viewer client has been granted the write scope as well
+    document = copy.deepcopy(dict(load_template().raw))
+    viewer = document["Resources"][ROLE_CLIENTS["viewer"]]["Properties"]
+    viewer["AllowedOAuthScopes"] = [*viewer["AllowedOAuthScopes"], "dicomweb/write"]
+    # When the roles' scopes are read from it
+    scopes = role_scopes(Template(document))
+    # Then the viewer has the write scope there, and not in the repository's template
+    assert "dicomweb/write" in scopes["viewer"]
+    assert "dicomweb/write" not in role_scopes(load_template())["viewer"]
+
+
+def test_importing_the_runtime_reads_no_template() -> None:
+    # Given a fresh interpreter in which reading template.yaml raises
+    repo = Path(__file__).resolve().parents[2]
+    script = (
+        "import infra.samtemplate as sam\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise AssertionError('template.yaml read at import time')\n"
+        "sam.load_template = refuse\n"
+        "import infra.local.auth, infra.local.gateway, infra.local.serve\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "layers/core/python"), str(repo)])}
+    # When the auth package and the runtime that uses it are imported
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Then the imports succeed: the roles are read when a runtime is built, from its template
+    assert result.returncode == 0, result.stderr
 
 
 def case_id(value: object) -> str:
@@ -488,7 +533,7 @@ def test_each_role_on_each_template_route(
     role: str, route: Route, issuer: TokenIssuer, authorizer: JwtAuthorizer
 ) -> None:
     # Given the role's token as issued by the local runtime
-    token = issue_role_tokens(issuer, {role: CLIENT_IDS[role]})[role]
+    token = issue_role_tokens(issuer, {role: CLIENT_IDS[role]}, scopes=ROLE_SCOPES)[role]
     allowed = not route.scopes or bool(set(route.scopes) & set(ROLE_SCOPES[role]))
     # When it calls the template route (now: the tokens are issued at the real clock)
     if allowed:
@@ -532,7 +577,7 @@ def test_issue_role_tokens_refuses_unknown_roles(issuer: TokenIssuer) -> None:
     # When tokens are issued for it
     # Then it is an error rather than a token without scopes
     with pytest.raises(ValueError, match="unknown roles: intern"):
-        issue_role_tokens(issuer, {"intern": "x"})
+        issue_role_tokens(issuer, {"intern": "x"}, scopes=ROLE_SCOPES)
 
 
 # ---------------------------------------------------------------- key and files
@@ -596,10 +641,10 @@ def test_a_non_key_file_is_refused(tmp_path: Path) -> None:
 
 def test_tokens_file_is_private_json_with_usage(tmp_path: Path, issuer: TokenIssuer) -> None:
     # Given tokens for every role
-    tokens = issue_role_tokens(issuer, CLIENT_IDS, lifetime=timedelta(hours=1))
+    tokens = issue_role_tokens(issuer, CLIENT_IDS, scopes=ROLE_SCOPES, lifetime=timedelta(hours=1))
     path = tmp_path / "state" / "tokens.json"
     # When they are written
-    write_tokens_file(path, tokens, base_url="http://localhost:3000", expires_at=NOW)
+    write_tokens_file(path, tokens, scopes=ROLE_SCOPES, base_url="http://localhost:3000", expires_at=NOW)
     # Then the file is 0600 JSON with the tokens, their scopes and a curl hint
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     document = json.loads(path.read_text())

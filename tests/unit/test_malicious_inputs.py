@@ -101,7 +101,7 @@ from dicomweb_core.dicom.instance import read_instance
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
 from dicomweb_core.web.multipart import encode_multipart, split_parts
-from tests.generate import make_dataset, to_part10
+from infra.datasets.generate import make_dataset, to_part10
 from tests.unit.test_fuzz_handlers import DOMAIN, SERIES, STUDY, Answer, Deployment, deployed
 from tests.unit.test_instance import after_deflate_stream, deadline
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicomweb_core.web.errors import BadRequest, MultipartError, TooManyParts, UnsupportedMediaType
+from dicomweb_core.errors import BadRequest, MultipartError, TooManyParts, UnsupportedMediaType
 from dicomweb_core.web.mediatype import MediaRange, MediaType, parse_accept, parse_media_type
 from dicomweb_core.web.multipart import (
     Part,

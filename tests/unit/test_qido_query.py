@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from dicomweb_core.errors import BadRequest
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import MAX_LIMIT, MatchKind, parse_query
-from dicomweb_core.web.errors import BadRequest
 
 S, SE, IN = Level.STUDY, Level.SERIES, Level.INSTANCE
 U, ONE, LIST, WILD, RANGE = (

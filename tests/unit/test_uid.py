@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pydicom.uid import UID
 
 from dicomweb_core.dicom.uid import MAX_UID_LENGTH, is_valid_uid, validate_uid
-from dicomweb_core.web.errors import BadRequest, InvalidUID
+from dicomweb_core.errors import BadRequest, InvalidUID
 
 VALID = [
     ("1.2.840.10008.1.2.1", "transfer-syntax"),

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from dicomweb_core.web.errors import BadRequest, InvalidUID, NotFound
+from dicomweb_core.errors import BadRequest, InvalidUID, NotFound
 from dicomweb_core.web.uri import MAX_FRAMES_PER_REQUEST, DicomWebURI, ResourceType, Suffix
 
 BASE = "https://dicom.example.org/dicomweb"

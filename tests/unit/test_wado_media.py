@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from dicomweb_core.errors import BadRequest, NotAcceptable
 from dicomweb_core.wado import media
 from dicomweb_core.wado.media import Choice
-from dicomweb_core.web.errors import BadRequest, NotAcceptable
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 IMPLICIT = "1.2.840.10008.1.2"

@@ -37,11 +37,11 @@ from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
+from dicomweb_core.errors import Gone, NotFound
 from dicomweb_core.events import STUDY_DELETED, EventPublisher
 from dicomweb_core.index import keys
 from dicomweb_core.index.models import DeletedStudyItem, IndexItem, InstanceItem, SopItem, StudyItem, study_pk
 from dicomweb_core.index.reader import tombstone as _tombstone
-from dicomweb_core.web.errors import Gone, NotFound
 
 _OBJECT_PREFIXES = ("studies/{study}/", "cache/metadata/{study}/", "bundles/{study}/")
 

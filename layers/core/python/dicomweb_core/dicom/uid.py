@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from dicomweb_core.web.errors import InvalidUID
+from dicomweb_core.errors import InvalidUID
 
 MAX_UID_LENGTH = 64
 # Components are unsigned integers without leading zeros ("0" itself is allowed),

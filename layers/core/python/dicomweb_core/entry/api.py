@@ -17,9 +17,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dicomweb_core import access, audit
+from dicomweb_core.errors import DicomWebError
 from dicomweb_core.observability import logger, metrics, tracer
 from dicomweb_core.web import responses
-from dicomweb_core.web.errors import DicomWebError
 from dicomweb_core.web.reply import Reply
 
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]

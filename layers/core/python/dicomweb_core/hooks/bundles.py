@@ -1,4 +1,4 @@
-"""Pre-built multipart responses for retrievals too large for a Lambda response (PS3.18 §10.4.1.1.1).
+"""Pre-built responses for retrievals too large for a Lambda response (PS3.18 §10.4.1.1.1, §10.4.1.1.4).
 
 A Lambda response carries about 4.4 MB of raw bytes, so a study, series or instance
 retrieval above that cannot come from the retrieve function. When a series (or study)
@@ -11,9 +11,13 @@ response's Content-Type stored on the object:
 - the study, on ``StudyStable``;
 
 each as stored (``transfer-syntax=*``) and, when some instance is stored in another
-syntax, in the default Explicit VR Little Endian (decompressed or transcoded here, with
-the imaging layer's codecs). The retrieve function then answers ``303 See Other`` to a
-short-lived presigned URL of the bundle *on the API's own host* (CloudFront routes the
+syntax, in the default Explicit VR Little Endian (decompressed or transcoded by
+``dicom.pixels``, with the imaging layer's codecs). Each frame above the limit is
+written too, as a one-part ``multipart/related; type="application/octet-stream"`` body:
+as stored and, for compressed pixel data the codecs decode, decompressed.
+
+The retrieve function then answers ``303 See Other`` to a short-lived presigned URL of
+the bundle *on the API's own host* (``wado.redirects``; CloudFront routes the
 ``/bundles/*`` and ``/studies/*.dcm`` paths to the bucket; see template.yaml and
 docs/conformance.md), which every client follows, including those that pin the Host
 header.
@@ -30,29 +34,21 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from dicomweb_core.dicom.frames import FrameIndex
+from dicomweb_core.dicom.pixels import StoredFrameDecoder, instance_in_syntax
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.reader import instances_of
 from dicomweb_core.index.versions import at_version, record_version
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.wado import media
+from dicomweb_core.wado.prebuilt import RESPONSE_LIMIT, bundle_key
 from dicomweb_core.web.multipart import closing_delimiter, multipart_content_type, new_boundary, part_opening
 from dicomweb_core.web.uri import DicomWebURI
 
 MIN_PART = 5 * 1024 * 1024  # S3: every part but the last
 BUFFER_TARGET = 8 * 1024 * 1024
-RESPONSE_LIMIT = 4_400_000  # raw bytes a Lambda response can carry (base64 under 6 MB)
-
-
-def bundle_key(
-    version: str, syntax: str, study: str, series: str = "-", instance: str = "-", *, frame: int | None = None
-) -> str:
-    """Where the bundle of a resource version in a transfer syntax (``*``: as stored) lives."""
-    tag = "stored" if syntax == media.AS_STORED else syntax
-    suffix = f".frame-{frame}" if frame is not None else ""
-    return f"bundles/{study}/{series}/{instance}/{version}/{tag}{suffix}.multipart"
 
 
 def syntaxes(items: Sequence[InstanceItem]) -> list[str]:
@@ -64,13 +60,6 @@ def syntaxes(items: Sequence[InstanceItem]) -> list[str]:
 
 def needs_bundle(items: Sequence[InstanceItem]) -> bool:
     return sum(int(i.size) for i in items) > RESPONSE_LIMIT
-
-
-def bundle_syntax(requested: str, items: Sequence[InstanceItem]) -> str:
-    """The bundle that answers a request for ``requested`` (None-free: the caller checked)."""
-    if requested == media.AS_STORED or all(i.transfer_syntax_uid == requested for i in items):
-        return media.AS_STORED
-    return requested
 
 
 # ------------------------------------------------------------------- composition
@@ -171,14 +160,14 @@ def multipart_segments(
     boundary = new_boundary()
     segments: list[Segment] = []
     for number, item in enumerate(items, start=1):
-        actual = item.transfer_syntax_uid if syntax == media.AS_STORED else syntax
+        actual = media.actual_syntax(syntax, item.transfer_syntax_uid)
         headers = {"Content-Type": f"{media.DICOM}; transfer-syntax={actual}"}
         if actual == item.transfer_syntax_uid:
             size = int(item.size)
             segments.append(part_opening(boundary, headers, size, number))
             segments.append(ObjectRange(item.s3_key, item.s3_version_id, 0, size))
         else:
-            body = convert(item, syntax)
+            body = convert(item, actual)
             segments.append(part_opening(boundary, headers, len(body), number))
             segments.append(body)
         segments.append(b"\r\n")
@@ -197,21 +186,20 @@ def frame_segments(label: str, body: Sequence[Segment], size: int) -> tuple[list
 
 
 # ---------------------------------------------------------------------- the hook
-class FrameDecoder(Protocol):
-    def decoded_size(self, item: InstanceItem) -> int:
-        """Bytes of one decompressed frame of the instance (0 when unknown)."""
-
-    def decode(self, item: InstanceItem, number: int) -> bytes | None:
-        """Frame ``number`` decompressed, or None when the codecs cannot decode it."""
-
-
-@dataclass
 class BundleBuilder:
-    """Builds the bundles of a stable series or study version (the bundle hook)."""
+    """Builds the bundles of a stable series or study version (the bundle hook).
 
-    composer: BundleComposer
-    convert: Callable[[InstanceItem, str], bytes]
-    frames: FrameDecoder | None = None  # decompresses large compressed frames (imaging layer)
+    Instances in another syntax than the bundle's are converted, and large compressed
+    frames decompressed, by the pixel code (``dicom.pixels``) from the composer's reader.
+    """
+
+    def __init__(self, composer: BundleComposer) -> None:
+        self.composer = composer
+        self.frames = StoredFrameDecoder(composer.reader)
+
+    def convert(self, item: InstanceItem, syntax: str) -> bytes:
+        """The instance's Part 10 bytes in ``syntax`` (a UID other than its stored one)."""
+        return instance_in_syntax(self.composer.reader, item, syntax)
 
     def build_series(self, study: str, series: str, version: str) -> str:
         current = at_version(SeriesItem, SeriesItem.key(study, series), version)
@@ -275,7 +263,7 @@ class BundleBuilder:
             return 0
         written = 0
         key = functools.partial(bundle_key, version, study=item.study_uid, series=item.series_uid)
-        decoded_size = self.frames.decoded_size(item) if index.encapsulated and self.frames else 0
+        decoded_size = self.frames.decoded_size(item) if index.encapsulated else 0
         for number in range(1, len(index) + 1):
             size = index.frame_size(number)
             if size > RESPONSE_LIMIT:
@@ -287,7 +275,7 @@ class BundleBuilder:
                 target = key(media.AS_STORED, instance=item.sop_uid, frame=number)
                 self.composer.compose(target, segments, content_type=content_type)
                 written += 1
-            if decoded_size > RESPONSE_LIMIT and self.frames is not None:
+            if decoded_size > RESPONSE_LIMIT:
                 decoded = self.frames.decode(item, number)
                 if decoded is not None:
                     syntax = media.EXPLICIT_VR_LITTLE_ENDIAN

@@ -13,35 +13,14 @@ answered from the per-instance documents directly, and the answer is the same.
 from __future__ import annotations
 
 import gzip
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from dicomweb_core.index.models import SeriesItem
-from dicomweb_core.index.reader import instances_of
 from dicomweb_core.index.versions import at_version, record_version
-from dicomweb_core.storage import InstanceStore, ObjectReader, metadata_key, series_metadata_key
-from dicomweb_core.web.uri import DicomWebURI
+from dicomweb_core.storage import InstanceStore, ObjectReader, series_metadata_key
+from dicomweb_core.wado.prebuilt import assemble
 
 DICOM_JSON = "application/dicom+json"
-_READERS = 16  # parallel S3 reads when assembling a document
-
-
-def cached(reader: ObjectReader, series: SeriesItem) -> str | None:
-    """The pre-built document of the series' current version, if the hook has written it
-    (the series item says so: no storage read is spent on a missing document)."""
-    version = series.version
-    if series.metadata_version != version:
-        return None
-    key = series_metadata_key(series.study_uid, series.series_uid, version)
-    return gzip.decompress(reader.read(key)).decode()
-
-
-def assemble(reader: ObjectReader, study: str, series: str) -> str:
-    """The series' document from its per-instance documents, in instance order."""
-    items = instances_of(DicomWebURI("", study=study, series=series))
-    with ThreadPoolExecutor(max_workers=_READERS) as pool:
-        documents = list(pool.map(lambda i: reader.read(metadata_key(i.s3_key)).decode(), items))
-    return "[" + ",".join(documents) + "]"
 
 
 @dataclass

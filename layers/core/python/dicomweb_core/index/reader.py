@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from dicomweb_core.errors import Gone, NotFound
 from dicomweb_core.index import keys
 from dicomweb_core.index.models import (
     DeletedStudyItem,
@@ -13,7 +14,6 @@ from dicomweb_core.index.models import (
     StudyItem,
     study_pk,
 )
-from dicomweb_core.web.errors import Gone, NotFound
 from dicomweb_core.web.uri import DicomWebURI
 
 

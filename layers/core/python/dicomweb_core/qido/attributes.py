@@ -15,7 +15,7 @@ from enum import IntEnum
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from dicomweb_core.dicom.instance import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
-from dicomweb_core.web.errors import BadRequest
+from dicomweb_core.errors import BadRequest
 
 
 class Level(IntEnum):

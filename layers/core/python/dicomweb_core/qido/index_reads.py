@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from dicomweb_core.errors import PayloadTooLarge
 from dicomweb_core.index import keys
 from dicomweb_core.index.models import IndexItem, PostingItem, RegistryItem, SeriesItem, StudyItem, study_pk
-from dicomweb_core.web.errors import PayloadTooLarge
 
 DEFAULT_READ_BUDGET = 20_000
 _BATCH_GET = 100

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from dicomweb_core.errors import PayloadTooLarge
 from dicomweb_core.index import keys
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.normalize import person_name, words
@@ -20,7 +21,6 @@ from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.index_reads import IndexReads
 from dicomweb_core.qido.query import MatchKind, QidoQuery
 from dicomweb_core.qido.view import MODALITIES_IN_STUDY, Entity, view
-from dicomweb_core.web.errors import PayloadTooLarge
 
 _ID_KEYS = {"PatientID": (3, "PID"), "AccessionNumber": (4, "ACC"), "StudyID": (5, "SID")}
 _NAME_KEYS = {"PatientName": (6, "PN"), "ReferringPhysicianName": (7, "RPN")}

@@ -14,8 +14,8 @@ from enum import Enum
 from urllib.parse import parse_qsl
 
 from dicomweb_core.dicom.uid import is_valid_uid
+from dicomweb_core.errors import BadRequest
 from dicomweb_core.qido.attributes import Level, SearchAttribute, matchable_keywords, resolve
-from dicomweb_core.web.errors import BadRequest
 
 MAX_LIMIT = 1000
 MAX_QUERY_CHARS = 8192

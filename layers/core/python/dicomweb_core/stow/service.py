@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from dicomweb_core.config import DuplicatePolicy, Settings
 from dicomweb_core.dicom.failures import Failure, FailureReason, InstanceRejected, WarningReason
 from dicomweb_core.dicom.instance import InflationBudget, ReceivedInstance, read_instance
+from dicomweb_core.errors import BadRequest, UnsupportedMediaType
 from dicomweb_core.events import INSTANCE_STORED, EventPublisher
 from dicomweb_core.index.writer import (
     AlreadyIndexed,
@@ -34,7 +35,6 @@ from dicomweb_core.index.writer import (
 )
 from dicomweb_core.observability import logger
 from dicomweb_core.storage import InstanceStore, S3InstanceStore, instance_key, metadata_key, new_write_id
-from dicomweb_core.web.errors import BadRequest, UnsupportedMediaType
 from dicomweb_core.web.mediatype import parse_media_type
 from dicomweb_core.web.multipart import boundary_of, split_parts
 from dicomweb_core.web.reply import Reply, dicom_json_reply, warning_value

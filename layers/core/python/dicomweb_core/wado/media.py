@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from dicomweb_core.dicom.codecs import can_decode
+from dicomweb_core.dicom.pixels import UNCOMPRESSED
 from dicomweb_core.dicom.uid import is_valid_uid
-from dicomweb_core.web.errors import BadRequest, NotAcceptable
+from dicomweb_core.errors import BadRequest, NotAcceptable
 from dicomweb_core.web.mediatype import MediaRange, parse_accept
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-UNCOMPRESSED = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
 AS_STORED = "*"
 DICOM = "application/dicom"
 OCTET_STREAM = "application/octet-stream"
@@ -65,6 +65,11 @@ class Choice:
     multipart: bool
     part_type: str
     transfer_syntax: str  # a UID, or "*" for as stored
+
+
+def actual_syntax(requested: str, stored: str) -> str:
+    """The transfer syntax sent for an instance stored in ``stored``: that one for ``*``."""
+    return stored if requested == AS_STORED else requested
 
 
 def can_produce(requested: str, stored: str) -> bool:

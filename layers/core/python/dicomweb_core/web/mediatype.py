@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from dicomweb_core.web.errors import BadRequest, UnsupportedMediaType
+from dicomweb_core.errors import BadRequest, UnsupportedMediaType
 
 __all__ = [
     "MAX_HEADER_VALUE_CHARS",

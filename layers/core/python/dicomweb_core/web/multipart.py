@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-from dicomweb_core.web.errors import MultipartError, TooManyParts, UnsupportedMediaType
+from dicomweb_core.errors import MultipartError, TooManyParts, UnsupportedMediaType
 from dicomweb_core.web.mediatype import MediaType, parse_media_type
 
 __all__ = [

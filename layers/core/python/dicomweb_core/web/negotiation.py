@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from dicomweb_core.web.errors import NotAcceptable
+from dicomweb_core.errors import NotAcceptable
 from dicomweb_core.web.mediatype import MediaRange, MediaType, parse_accept
 
 

@@ -1,7 +1,7 @@
 """What a service answers, free of any web framework: status, headers, body.
 
 Services (STOW, QIDO, WADO, DELETE) take a parsed request value and return a
-:class:`Reply`; only the edge (``web.edge``) turns it into an API Gateway response.
+:class:`Reply`; only the edge (``entry.api.respond``) turns it into an API Gateway response.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
+from dicomweb_core.errors import BadRequest, DicomWebError, NotFound
 from dicomweb_core.observability import logger
-from dicomweb_core.web.errors import BadRequest, DicomWebError, NotFound
 
 PROBLEM_JSON = "application/json"
 _HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from dicomweb_core.dicom.uid import validate_uid
-from dicomweb_core.web.errors import BadRequest, NotFound
+from dicomweb_core.errors import BadRequest, NotFound
 
 
 class ResourceType(Enum):

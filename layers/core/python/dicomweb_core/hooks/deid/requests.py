@@ -11,8 +11,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from dicomweb_core.errors import NotFound
 from dicomweb_core.index.models import IndexItem, InstanceItem, study_pk
-from dicomweb_core.web.errors import NotFound
 
 DETAIL_TYPE = "DeidentificationRequested"
 _BATCH = 10  # SendMessageBatch limit

@@ -48,18 +48,11 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as PydicomCode
+from pydicom.uid import CTImageStorage
 from scipy import ndimage
 
-from dicomweb_core.hooks.inference.model import (
-    CT_IMAGE_STORAGE,
-    Code,
-    Measurement,
-    ModelResult,
-    SeriesDescriptor,
-    is_multiframe,
-    modality_values,
-    regular_volume,
-)
+from dicomweb_core.hooks.inference.model import Code, Measurement, ModelResult, SeriesDescriptor
+from dicomweb_core.hooks.inference.volume import is_multiframe, modality_values, regular_volume
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +87,13 @@ class CtBodyMaskModel:
     version = "1.0.0"
 
     def accepts(self, series: SeriesDescriptor) -> bool:
-        return series.modality.upper() == "CT" and series.sop_class_uid == CT_IMAGE_STORAGE
+        return series.modality.upper() == "CT" and series.sop_class_uid == CTImageStorage
 
     def run(self, datasets: Sequence[Dataset]) -> ModelResult | None:
         if not datasets:
             return None
         for ds in datasets:
-            if str(ds.get("SOPClassUID", "")) != CT_IMAGE_STORAGE or is_multiframe(ds):
+            if str(ds.get("SOPClassUID", "")) != CTImageStorage or is_multiframe(ds):
                 log.info("%s declines: only single-frame CT Image Storage is supported", self.name)
                 return None
         volume = regular_volume(self.name, datasets)

@@ -28,7 +28,8 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomweb_core.hooks.inference.model import Code, Model, ModelResult, slice_order, validate_result
+from dicomweb_core.hooks.inference.model import Code, Model, ModelResult, validate_result
+from dicomweb_core.hooks.inference.volume import slice_order
 
 SEG_SERIES_NUMBER = 9001
 SR_SERIES_NUMBER = 9002
@@ -72,7 +73,7 @@ def build_results(
 
     ``datasets`` are the source images in the order the model received them (the mask's first
     axis follows it); they must belong to one study and series. The objects list them in slice
-    order (:func:`~dicomweb_core.hooks.inference.model.slice_order`), so the input order does not
+    order (:func:`~dicomweb_core.hooks.inference.volume.slice_order`), so the input order does not
     matter. ``result`` is validated again here.
 
     Returns the SEG (when the mask has any voxel set) followed by the SR (when there are

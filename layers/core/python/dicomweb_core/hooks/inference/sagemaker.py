@@ -7,7 +7,7 @@ Request
     ``numpy.save`` array: ``int16``, shape ``(slices, rows, columns)``, the series' stored
     values through the Modality LUT rescale (PS3.3 C.11.1: Hounsfield units for CT), rounded
     and clipped to the int16 range, slices sorted along the slice normal
-    (:func:`~dicomweb_core.hooks.inference.model.slice_order`). ``CustomAttributes`` carries
+    (:func:`~dicomweb_core.hooks.inference.volume.slice_order`). ``CustomAttributes`` carries
     ``spacing_mm=<row>,<column>,<slice>;modality=<Modality>`` (voxel spacing in mm).
 
 Response
@@ -69,11 +69,9 @@ from dicomweb_core.hooks.inference.model import (
     ModelOutputError,
     ModelResult,
     SeriesDescriptor,
-    is_multiframe,
-    modality_values,
-    regular_volume,
     validate_result,
 )
+from dicomweb_core.hooks.inference.volume import is_multiframe, modality_values, regular_volume
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Errors that carry an HTTP status and, where one applies, a DICOM failure reason.
 
 Every error raised while handling a request is a :class:`DicomWebError`; one function
-(:func:`dicomweb_core.http.error_response`) turns it into a response, so handlers never
+(:func:`dicomweb_core.web.responses.error_response`) turns it into a response, so handlers never
 build error responses themselves.
 """
 

@@ -1,0 +1,58 @@
+"""Pre-built WADO-RS answers: the largest answer a function returns, where the hooks put
+the answers they build ahead of time, and how they are read back.
+
+Two hooks build for WADO-RS, keyed by the study's or series' content version: the series
+metadata hook (the ordered array of a stable series' instance metadata documents,
+PS3.18 §10.4.1.1.2) and the bundle hook (multipart bodies of retrievals too large for one
+response, §10.4.1.1.1, §10.4.1.1.3). WADO only reads them; when one does not exist for the
+current version, WADO answers from the per-instance objects, or with 413 until it does.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from dicomweb_core.index.models import InstanceItem, SeriesItem
+from dicomweb_core.index.reader import instances_of
+from dicomweb_core.storage import ObjectReader, metadata_key, series_metadata_key
+from dicomweb_core.wado import media
+from dicomweb_core.web.uri import DicomWebURI
+
+RESPONSE_LIMIT = 4_400_000  # raw bytes a Lambda response can carry (base64 under 6 MB)
+_READERS = 16  # parallel S3 reads when assembling a document
+
+
+def bundle_syntax(requested: str, items: Sequence[InstanceItem]) -> str:
+    """The bundle that answers a request for ``requested`` (None-free: the caller checked)."""
+    if requested == media.AS_STORED or all(i.transfer_syntax_uid == requested for i in items):
+        return media.AS_STORED
+    return requested
+
+
+def bundle_key(
+    version: str, syntax: str, study: str, series: str = "-", instance: str = "-", *, frame: int | None = None
+) -> str:
+    """Where the bundle of a resource version in a transfer syntax (``*``: as stored) lives."""
+    tag = "stored" if syntax == media.AS_STORED else syntax
+    suffix = f".frame-{frame}" if frame is not None else ""
+    return f"bundles/{study}/{series}/{instance}/{version}/{tag}{suffix}.multipart"
+
+
+def cached(reader: ObjectReader, series: SeriesItem) -> str | None:
+    """The pre-built document of the series' current version, if the hook has written it
+    (the series item says so: no storage read is spent on a missing document)."""
+    version = series.version
+    if series.metadata_version != version:
+        return None
+    key = series_metadata_key(series.study_uid, series.series_uid, version)
+    return gzip.decompress(reader.read(key)).decode()
+
+
+def assemble(reader: ObjectReader, study: str, series: str) -> str:
+    """The series' document from its per-instance documents, in instance order."""
+    items = instances_of(DicomWebURI("", study=study, series=series))
+    with ThreadPoolExecutor(max_workers=_READERS) as pool:
+        documents = list(pool.map(lambda i: reader.read(metadata_key(i.s3_key)).decode(), items))
+    return "[" + ",".join(documents) + "]"
