@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,8 +26,9 @@ import requests
 from moto.backends import get_backend
 
 from dicomweb_core.dicom.instance import ReceivedInstance
-from dicomweb_core.index import keys, writer
+from dicomweb_core.index import items, keys
 from dicomweb_core.index.models import IndexItem, PostingItem, RegistryItem, bind_table
+from dicomweb_core.index.write_results import StoredObject
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
 from dicomweb_core.qido.search import search
@@ -130,8 +132,8 @@ def _instance(plan: StudyPlan, series_number: int, number: int) -> ReceivedInsta
 
 def _items(plans: list[StudyPlan]) -> Iterator[IndexItem]:
     """Every item STOW would have written for these studies, with final aggregates."""
-    now = writer._now()
-    stored = writer.StoredObject("generated", None, "0" * 64, 0)
+    now = datetime.now(UTC)
+    stored = StoredObject("generated", None, "0" * 64, 0)
     months, combos = set(), set()
     for plan in plans:
         sort = keys.study_sort_key(plan.study_json, plan.uid)
@@ -146,19 +148,19 @@ def _items(plans: list[StudyPlan]) -> Iterator[IndexItem]:
             first = first or instances[0]
             for posting in keys.series_postings(instances[0].series_json, plan.uid, series_uid):
                 yield PostingItem(*posting.key, study_uid=plan.uid, series_uid=series_uid)
-            series = writer._series_item(instances[0], now, study_sort=sort)
+            series = items.series_item(instances[0], now, study_sort=sort)
             series.instance_count = size
             yield series
             for instance in instances:
-                yield writer._instance_item(instance, stored, now, series_sort=f"{sort}#{series_uid}")
+                yield items.instance_item(instance, stored, now, series_sort=f"{sort}#{series_uid}")
         assert first is not None
-        study = writer._study_item(first, writer._Context(False, False, sort, None, combo, deletions=0), now)
+        study = items.study_item(first, items.WriteContext(False, False, sort, None, combo, deletions=0), now)
         study.modalities = {m for _, m, _ in plan.series}
         study.series_count = len(plan.series)
         study.instance_count = sum(size for _, _, size in plan.series)
         yield study
-    yield RegistryItem(*RegistryItem.key(writer.STUDY_MONTHS), values=months)
-    yield RegistryItem(*RegistryItem.key(writer.MODALITY_COMBOS), values=combos)
+    yield RegistryItem(*RegistryItem.key(items.STUDY_MONTHS), values=months)
+    yield RegistryItem(*RegistryItem.key(items.MODALITY_COMBOS), values=combos)
 
 
 def load(table: str, plans: list[StudyPlan]) -> int:

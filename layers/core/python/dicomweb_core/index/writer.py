@@ -26,10 +26,8 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TypeVar
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.connection import Connection
@@ -38,9 +36,20 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
-from dicomweb_core.dicom.failures import FailureReason
 from dicomweb_core.dicom.instance import ReceivedInstance
 from dicomweb_core.index import keys
+from dicomweb_core.index.items import (
+    MODALITY_COMBOS,
+    PPS_MONTHS,
+    STUDY_MONTHS,
+    WriteContext,
+    frame_index_json,
+    instance_item,
+    series_item,
+    sop_item,
+    study_item,
+    study_update,
+)
 from dicomweb_core.index.models import (
     DeletedStudyItem,
     IndexItem,
@@ -51,85 +60,18 @@ from dicomweb_core.index.models import (
     SopItem,
     StudyItem,
 )
+from dicomweb_core.index.write_results import (
+    AlreadyIndexed,
+    AttributesChanged,
+    ConcurrentlyReplaced,
+    ExistingInstance,
+    IndexContention,
+    Prior,
+    StoredObject,
+    StudyDeleted,
+)
 
 MAX_ATTEMPTS = 8
-_Item = TypeVar("_Item", bound=IndexItem)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredObject:
-    """Where an instance's bytes are: the exact S3 object version the index points at."""
-
-    key: str
-    version_id: str | None
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class ExistingInstance:
-    """What the index holds for a SOP Instance UID that is already stored."""
-
-    study_uid: str
-    series_uid: str
-    sop_class_uid: str
-    stored: StoredObject
-
-    def same_content(self, instance: ReceivedInstance) -> bool:
-        return self.stored.sha256 == instance.sha256
-
-
-class WriteRefused(Exception):
-    """The index refused a write and committed nothing of it; the message tells the sender why."""
-
-    failure_reason = FailureReason.PROCESSING_FAILURE
-
-
-class StudyDeleted(WriteRefused):
-    def __init__(self) -> None:
-        super().__init__(
-            "the study is being deleted, or was deleted while this instance was being stored; "
-            "nothing was kept. Send it again to store it in the study anew."
-        )
-
-
-class AttributesChanged(WriteRefused):
-    failure_reason = FailureReason.DUPLICATE_SOP_INSTANCE
-
-    def __init__(self) -> None:
-        super().__init__(
-            "an instance with this SOP Instance UID is stored with other patient, study or series "
-            "attributes; overwriting replaces an instance's own content only. The stored instance "
-            "was kept: delete the study and store it again to change those attributes."
-        )
-
-
-class ConcurrentlyReplaced(WriteRefused):
-    def __init__(self) -> None:
-        super().__init__(
-            "another request replaced this instance at the same time; that one was kept, nothing "
-            "of this one was. Send it again if it should replace that one."
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Prior:
-    """What the index says before a write puts anything in S3."""
-
-    existing: ExistingInstance | None  # the instance with this SOP Instance UID, if stored
-    deletions: int  # how many DELETEs of the study have begun
-
-
-class AlreadyIndexed(Exception):
-    """The SOP Instance UID is in the index already; ``existing`` says with what."""
-
-    def __init__(self, existing: ExistingInstance) -> None:
-        self.existing = existing
-        super().__init__(f"SOP Instance {existing.stored.key} is already indexed")
-
-
-class IndexContention(RuntimeError):
-    """The transaction kept being cancelled by concurrent writers; the caller may retry."""
 
 
 def _now() -> datetime:
@@ -208,7 +150,7 @@ class IndexWriter:
             f"could not index {instance.sop_instance_uid} after {MAX_ATTEMPTS} attempts under contention"
         )
 
-    def _context(self, instance: ReceivedInstance, deletions: int) -> _Context:
+    def _context(self, instance: ReceivedInstance, deletions: int) -> WriteContext:
         """One strongly consistent BatchGetItem: does the study exist (and with which
         modalities), does the series exist, how many DELETEs of the study have begun.
 
@@ -239,7 +181,7 @@ class IndexWriter:
         if instance.modality:
             modalities.add(instance.modality)
         new_combo = "\\".join(sorted(modalities)) or None
-        return _Context(
+        return WriteContext(
             study_exists=study is not None,
             series_exists=series_exists,
             study_sort=sort_key or keys.study_sort_key(instance.study_json, instance.study_instance_uid),
@@ -248,7 +190,7 @@ class IndexWriter:
             deletions=deletions,
         )
 
-    def _write_search_terms(self, instance: ReceivedInstance, context: _Context) -> None:
+    def _write_search_terms(self, instance: ReceivedInstance, context: WriteContext) -> None:
         postings: list[keys.Posting] = []
         if not context.study_exists:
             postings += keys.study_postings(instance.study_json, instance.study_instance_uid)
@@ -352,7 +294,7 @@ class IndexWriter:
                     InstanceItem.size.set(stored.size),
                     InstanceItem.transfer_syntax_uid.set(instance.transfer_syntax_uid),
                     InstanceItem.dicom_json.set(json.dumps(instance.instance_json)),
-                    _set_or_remove(InstanceItem.frame_index, _frame_index_json(instance)),
+                    _set_or_remove(InstanceItem.frame_index, frame_index_json(instance)),
                     InstanceItem.updated_at.set(now),
                 ],
                 condition=InstanceItem.pk.exists()
@@ -369,7 +311,7 @@ class IndexWriter:
             tx.condition_check(StudyItem, pk, sk, condition=StudyItem.pk.exists() & _study_open(deletions))
 
     def _transact_add(
-        self, instance: ReceivedInstance, stored: StoredObject, context: _Context, *, token: str
+        self, instance: ReceivedInstance, stored: StoredObject, context: WriteContext, *, token: str
     ) -> None:
         now = _now()
         study, series = instance.study_instance_uid, instance.series_instance_uid
@@ -377,9 +319,9 @@ class IndexWriter:
         with TransactWrite(connection=self._connection, client_request_token=token) as tx:
             # The SOP item must stay the first put (see _sop_position): its cancellation
             # reason means "duplicate".
-            tx.save(_sop_item(instance, stored, now), condition=SopItem.pk.does_not_exist())
+            tx.save(sop_item(instance, stored, now), condition=SopItem.pk.does_not_exist())
             tx.save(
-                _instance_item(instance, stored, now, series_sort=series_sort),
+                instance_item(instance, stored, now, series_sort=series_sort),
                 condition=InstanceItem.pk.does_not_exist(),
             )
             if context.series_exists:
@@ -390,19 +332,19 @@ class IndexWriter:
                 )
             else:
                 tx.save(
-                    _series_item(instance, now, study_sort=context.study_sort),
+                    series_item(instance, now, study_sort=context.study_sort),
                     condition=SeriesItem.pk.does_not_exist(),
                 )
             if context.study_exists:
                 tx.update(
                     StudyItem(*StudyItem.key(study)),
-                    actions=_study_update(instance, context, now),
+                    actions=study_update(instance, context, now),
                     condition=StudyItem.pk.exists()
                     & _combo_unchanged(context.old_combo)
                     & _study_open(context.deletions),
                 )
             else:
-                tx.save(_study_item(instance, context, now), condition=StudyItem.pk.does_not_exist())
+                tx.save(study_item(instance, context, now), condition=StudyItem.pk.does_not_exist())
                 # A first store into a study: no DELETE of it may have begun since the read.
                 pk, sk = DeletedStudyItem.key(study)
                 tx.condition_check(
@@ -413,19 +355,7 @@ class IndexWriter:
                 )
 
 
-@dataclass(frozen=True, slots=True)
-class _Context:
-    """What the transaction's shape depends on, read just before it."""
-
-    study_exists: bool
-    series_exists: bool
-    study_sort: str
-    old_combo: str | None
-    new_combo: str | None
-    deletions: int  # the study's DELETE count, read before the objects were put
-
-
-def _sop_position(context: _Context) -> int:
+def _sop_position(context: WriteContext) -> int:
     """Where the SOP item's put is in the transaction: DynamoDB orders condition checks first,
     and a first store into a study carries one (the tombstone's)."""
     return 0 if context.study_exists else 1
@@ -467,129 +397,10 @@ def _existing(item: SopItem) -> ExistingInstance:
     )
 
 
-STUDY_MONTHS = "STUDY_MONTHS"
-PPS_MONTHS = "PPS_MONTHS"
-MODALITY_COMBOS = "MODALITY_COMBOS"
-
-
 def _combo_unchanged(old_combo: str | None) -> Condition:
     if old_combo is None:
         return StudyItem.modality_combo.does_not_exist()
     return StudyItem.modality_combo == old_combo
-
-
-def _study_update(instance: ReceivedInstance, context: _Context, now: datetime) -> list[Action]:
-    actions: list[Action] = [
-        StudyItem.instance_count.add(1),
-        StudyItem.series_count.add(0 if context.series_exists else 1),
-        StudyItem.updated_at.set(now),
-    ]
-    if context.new_combo and context.new_combo != context.old_combo:
-        study = instance.study_instance_uid
-        g8 = keys.modality_combo_attributes(context.new_combo, study, context.study_sort)
-        actions += [
-            StudyItem.modalities.add({instance.modality}),
-            StudyItem.modality_combo.set(context.new_combo),
-            IndexItem.g8pk.set(g8["g8pk"]),
-            IndexItem.g8sk.set(g8["g8sk"]),
-        ]
-    return actions
-
-
-def _study_item(instance: ReceivedInstance, context: _Context, now: datetime) -> StudyItem:
-    study = instance.study_instance_uid
-    attributes = keys.study_index_attributes(instance.study_json, study)
-    if context.new_combo:
-        attributes |= keys.modality_combo_attributes(context.new_combo, study, context.study_sort)
-    item = StudyItem(
-        *StudyItem.key(study),
-        study_uid=study,
-        dicom_json=json.dumps(instance.study_json),
-        sort_key=context.study_sort,
-        modalities={instance.modality} if instance.modality else None,
-        modality_combo=context.new_combo,
-        series_count=1,
-        instance_count=1,
-        deletions=context.deletions,
-        updated_at=now,
-    )
-    return _with_index_attributes(item, attributes)
-
-
-def _series_item(instance: ReceivedInstance, now: datetime, *, study_sort: str) -> SeriesItem:
-    study, series = instance.study_instance_uid, instance.series_instance_uid
-    attributes = keys.series_index_attributes(instance.series_json, study_sort=study_sort, series_uid=series)
-    item = SeriesItem(
-        *SeriesItem.key(study, series),
-        study_uid=study,
-        series_uid=series,
-        modality=instance.modality or None,
-        dicom_json=json.dumps(instance.series_json),
-        study_json=json.dumps(instance.study_json),
-        sort_key=attributes["g2sk"],
-        instance_count=1,
-        updated_at=now,
-    )
-    return _with_index_attributes(item, attributes)
-
-
-def _sop_item(instance: ReceivedInstance, stored: StoredObject, now: datetime) -> SopItem:
-    return SopItem(
-        *SopItem.key(instance.sop_instance_uid),
-        study_uid=instance.study_instance_uid,
-        series_uid=instance.series_instance_uid,
-        sop_class_uid=instance.sop_class_uid,
-        s3_key=stored.key,
-        s3_version_id=stored.version_id,
-        sha256=stored.sha256,
-        size=stored.size,
-        updated_at=now,
-    )
-
-
-def _instance_item(
-    instance: ReceivedInstance, stored: StoredObject, now: datetime, *, series_sort: str
-) -> InstanceItem:
-    attributes = keys.instance_index_attributes(
-        instance.instance_json,
-        series_sort=series_sort,
-        sop_uid=instance.sop_instance_uid,
-        sop_class_uid=instance.sop_class_uid,
-    )
-    item = InstanceItem(
-        *InstanceItem.key(
-            instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
-        ),
-        study_uid=instance.study_instance_uid,
-        series_uid=instance.series_instance_uid,
-        sop_uid=instance.sop_instance_uid,
-        sop_class_uid=instance.sop_class_uid,
-        transfer_syntax_uid=instance.transfer_syntax_uid,
-        dicom_json=json.dumps(instance.instance_json),
-        study_json=json.dumps(instance.study_json),
-        series_json=json.dumps(instance.series_json),
-        sort_key=attributes["g2sk"],
-        s3_key=stored.key,
-        s3_version_id=stored.version_id,
-        sha256=stored.sha256,
-        size=stored.size,
-        frame_index=_frame_index_json(instance),
-        updated_at=now,
-    )
-    return _with_index_attributes(item, attributes)
-
-
-def _frame_index_json(instance: ReceivedInstance) -> str | None:
-    if instance.frames is None:
-        return None
-    return json.dumps({"encapsulated": instance.frames.encapsulated, "frames": instance.frames.to_json()})
-
-
-def _with_index_attributes(item: _Item, attributes: dict[str, str]) -> _Item:
-    """Set the secondary-index key attributes (g<n>pk/g<n>sk) computed in index.keys."""
-    for name, value in attributes.items():
-        setattr(item, name, value)
-    return item
 
 
 def _set_or_remove(attribute: UnicodeAttribute, value: str | None) -> Action:

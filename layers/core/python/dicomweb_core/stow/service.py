@@ -25,14 +25,14 @@ from dicomweb_core.dicom.failures import Failure, FailureReason, InstanceRejecte
 from dicomweb_core.dicom.instance import InflationBudget, ReceivedInstance, read_instance
 from dicomweb_core.errors import BadRequest, UnsupportedMediaType
 from dicomweb_core.events import INSTANCE_STORED, EventPublisher
-from dicomweb_core.index.writer import (
+from dicomweb_core.index.write_results import (
     AlreadyIndexed,
     ExistingInstance,
-    IndexWriter,
     Prior,
     StoredObject,
     WriteRefused,
 )
+from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.observability import logger
 from dicomweb_core.storage import InstanceStore, S3InstanceStore, instance_key, metadata_key, new_write_id
 from dicomweb_core.web.mediatype import parse_media_type

@@ -1,0 +1,153 @@
+"""The items one stored instance writes, and the aggregate updates it makes (docs/index-design.md).
+
+Built here, written by :mod:`dicomweb_core.index.writer` in one transaction: the SOP item
+(uniqueness and where the bytes are), the instance item, the series and study items (or
+their counter updates), with the secondary-index key attributes from ``index.keys``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from pynamodb.expressions.update import Action
+
+from dicomweb_core.dicom.instance import ReceivedInstance
+from dicomweb_core.index import keys
+from dicomweb_core.index.models import IndexItem, InstanceItem, SeriesItem, SopItem, StudyItem
+from dicomweb_core.index.write_results import StoredObject
+
+_Item = TypeVar("_Item", bound=IndexItem)
+
+# Registry sets the QIDO planner enumerates (index.models.RegistryItem).
+STUDY_MONTHS = "STUDY_MONTHS"
+PPS_MONTHS = "PPS_MONTHS"
+MODALITY_COMBOS = "MODALITY_COMBOS"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteContext:
+    """What a first store's transaction depends on, read just before it (IndexWriter._context)."""
+
+    study_exists: bool
+    series_exists: bool
+    study_sort: str
+    old_combo: str | None
+    new_combo: str | None
+    deletions: int  # the study's DELETE count, read before the objects were put
+
+
+def study_update(instance: ReceivedInstance, context: WriteContext, now: datetime) -> list[Action]:
+    actions: list[Action] = [
+        StudyItem.instance_count.add(1),
+        StudyItem.series_count.add(0 if context.series_exists else 1),
+        StudyItem.updated_at.set(now),
+    ]
+    if context.new_combo and context.new_combo != context.old_combo:
+        study = instance.study_instance_uid
+        g8 = keys.modality_combo_attributes(context.new_combo, study, context.study_sort)
+        actions += [
+            StudyItem.modalities.add({instance.modality}),
+            StudyItem.modality_combo.set(context.new_combo),
+            IndexItem.g8pk.set(g8["g8pk"]),
+            IndexItem.g8sk.set(g8["g8sk"]),
+        ]
+    return actions
+
+
+def study_item(instance: ReceivedInstance, context: WriteContext, now: datetime) -> StudyItem:
+    study = instance.study_instance_uid
+    attributes = keys.study_index_attributes(instance.study_json, study)
+    if context.new_combo:
+        attributes |= keys.modality_combo_attributes(context.new_combo, study, context.study_sort)
+    item = StudyItem(
+        *StudyItem.key(study),
+        study_uid=study,
+        dicom_json=json.dumps(instance.study_json),
+        sort_key=context.study_sort,
+        modalities={instance.modality} if instance.modality else None,
+        modality_combo=context.new_combo,
+        series_count=1,
+        instance_count=1,
+        deletions=context.deletions,
+        updated_at=now,
+    )
+    return _with_index_attributes(item, attributes)
+
+
+def series_item(instance: ReceivedInstance, now: datetime, *, study_sort: str) -> SeriesItem:
+    study, series = instance.study_instance_uid, instance.series_instance_uid
+    attributes = keys.series_index_attributes(instance.series_json, study_sort=study_sort, series_uid=series)
+    item = SeriesItem(
+        *SeriesItem.key(study, series),
+        study_uid=study,
+        series_uid=series,
+        modality=instance.modality or None,
+        dicom_json=json.dumps(instance.series_json),
+        study_json=json.dumps(instance.study_json),
+        sort_key=attributes["g2sk"],
+        instance_count=1,
+        updated_at=now,
+    )
+    return _with_index_attributes(item, attributes)
+
+
+def sop_item(instance: ReceivedInstance, stored: StoredObject, now: datetime) -> SopItem:
+    return SopItem(
+        *SopItem.key(instance.sop_instance_uid),
+        study_uid=instance.study_instance_uid,
+        series_uid=instance.series_instance_uid,
+        sop_class_uid=instance.sop_class_uid,
+        s3_key=stored.key,
+        s3_version_id=stored.version_id,
+        sha256=stored.sha256,
+        size=stored.size,
+        updated_at=now,
+    )
+
+
+def instance_item(
+    instance: ReceivedInstance, stored: StoredObject, now: datetime, *, series_sort: str
+) -> InstanceItem:
+    attributes = keys.instance_index_attributes(
+        instance.instance_json,
+        series_sort=series_sort,
+        sop_uid=instance.sop_instance_uid,
+        sop_class_uid=instance.sop_class_uid,
+    )
+    item = InstanceItem(
+        *InstanceItem.key(
+            instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
+        ),
+        study_uid=instance.study_instance_uid,
+        series_uid=instance.series_instance_uid,
+        sop_uid=instance.sop_instance_uid,
+        sop_class_uid=instance.sop_class_uid,
+        transfer_syntax_uid=instance.transfer_syntax_uid,
+        dicom_json=json.dumps(instance.instance_json),
+        study_json=json.dumps(instance.study_json),
+        series_json=json.dumps(instance.series_json),
+        sort_key=attributes["g2sk"],
+        s3_key=stored.key,
+        s3_version_id=stored.version_id,
+        sha256=stored.sha256,
+        size=stored.size,
+        frame_index=frame_index_json(instance),
+        updated_at=now,
+    )
+    return _with_index_attributes(item, attributes)
+
+
+def frame_index_json(instance: ReceivedInstance) -> str | None:
+    if instance.frames is None:
+        return None
+    return json.dumps({"encapsulated": instance.frames.encapsulated, "frames": instance.frames.to_json()})
+
+
+def _with_index_attributes(item: _Item, attributes: dict[str, str]) -> _Item:
+    """Set the secondary-index key attributes (g<n>pk/g<n>sk) computed in index.keys."""
+    for name, value in attributes.items():
+        setattr(item, name, value)
+    return item
