@@ -313,9 +313,9 @@ def test_limit_and_offset_page_with_warning(runtime: Runtime, patient: Patient) 
     assert "Warning" not in second.headers, second.headers
     # When the offset is past the end
     past = qido(runtime, f"{path}&limit=1&offset=2")
-    # Then the answer is 204 without a body
-    assert past.status_code == HTTPStatus.NO_CONTENT
-    assert past.content == b""
+    # Then the answer is an empty page: 200 with []
+    assert past.status_code == HTTPStatus.OK, past.text
+    assert past.json() == []
 
 
 def test_instance_paging_covers_the_study_once(runtime: Runtime, patient: Patient) -> None:
@@ -332,13 +332,21 @@ def test_instance_paging_covers_the_study_once(runtime: Runtime, patient: Patien
     assert "Warning" not in pages[1].headers
 
 
-def test_no_match_is_204_with_empty_body(runtime: Runtime) -> None:
+def test_no_match_is_200_with_an_empty_result(runtime: Runtime) -> None:
     # Given a PatientID nobody has
-    # When studies are searched for it
-    response = qido(runtime, f"/studies?PatientID=NOBODY-{_letters(12)}")
-    # Then the answer is 204 No Content with an empty body
-    assert response.status_code == HTTPStatus.NO_CONTENT
-    assert response.content == b""
+    nobody = f"NOBODY-{_letters(12)}"
+    # When studies are searched for it, as JSON and as XML
+    as_json = qido(runtime, f"/studies?PatientID={nobody}")
+    as_xml = qido(
+        runtime, f"/studies?PatientID={nobody}", accept='multipart/related; type="application/dicom+xml"'
+    )
+    # Then each is 200 with an empty result (CP-2473): [] in JSON, no payload in XML
+    assert as_json.status_code == HTTPStatus.OK, as_json.text
+    assert as_json.headers["Content-Type"].startswith("application/dicom+json")
+    assert as_json.json() == []
+    assert as_xml.status_code == HTTPStatus.OK, as_xml.text
+    assert as_xml.headers["Content-Type"].startswith("multipart/related")
+    assert as_xml.content == b""
 
 
 # ------------------------------------------------------------------ errors
