@@ -29,8 +29,10 @@ def store_instances(study: str | None = None) -> Response[Any]:
         responses.header(event, "content-type"), responses.request_body(event), settings=SETTINGS
     )
     outcome = SERVICE.store_all(payloads, study=target.study)
-    for stored in outcome.stored:
-        audit.note(audit.Subject(study=stored.study_instance_uid))
+    for s in outcome.stored:  # the record names each instance, and its patient as stored
+        audit.note(
+            audit.Subject(s.study_instance_uid, s.series_instance_uid, s.sop_instance_uid, s.patient_id)
+        )
     metrics.add_metric("InstancesStored", MetricUnit.Count, len(outcome.stored))
     metrics.add_metric("InstancesFailed", MetricUnit.Count, len(outcome.failures))
     return respond(stow_reply(outcome, base_url=target.base_url, study=target.study))

@@ -305,3 +305,34 @@ def test_administrators_get_every_operational_scope() -> None:
 def test_group_scopes_outside_the_resource_server_are_refused() -> None:
     with pytest.raises(ValueError, match="outside"):
         parse_group_scopes('{"readers": "aws.cognito.signin.user.admin"}')
+
+
+def test_a_stow_record_names_each_instance_and_its_patient_without_an_index_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a STOW that stored three instances of one study, two of them in one series
+    monkeypatch.setattr(audit.sinks, "sink", lambda: audit.FileSink(tmp_path / "audit.jsonl"))
+    looked_up: list[str] = []
+    monkeypatch.setattr(audit.decorator, "_patient_of", looked_up.append)
+
+    @audit.audited
+    def storing(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        for series, sop in (("1.2.3.1", "1.2.3.1.1"), ("1.2.3.1", "1.2.3.1.2"), ("1.2.3.2", "1.2.3.2.1")):
+            audit.note(audit.Subject("1.2.3", series, sop, patient_id="PID-7"))
+        return {"statusCode": 200}
+
+    # When the request's record is written
+    storing(http_event("POST /studies"), None)
+    (line,) = (tmp_path / "audit.jsonl").read_text().splitlines()
+    objects = json.loads(line)["ParticipantObjectIdentification"]
+    # Then it names the patient once, the study once, and every instance stored in it
+    assert [o["ParticipantObjectID"] for o in objects] == ["PID-7", "1.2.3"]
+    assert objects[1]["ParticipantObjectDescription"] == {
+        "instances": [
+            {"series": "1.2.3.1", "instance": "1.2.3.1.1"},
+            {"series": "1.2.3.1", "instance": "1.2.3.1.2"},
+            {"series": "1.2.3.2", "instance": "1.2.3.2.1"},
+        ]
+    }
+    # And the patient ID came from the instances, not from another read of the index
+    assert looked_up == []

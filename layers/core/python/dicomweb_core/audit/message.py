@@ -146,6 +146,38 @@ class Subject:
         return found
 
 
+MAX_LISTED_INSTANCES = 500  # a record stays well under CloudWatch Logs' 256 KB per event
+
+
+def participants_of(subjects: Iterable[Subject]) -> list[dict[str, Any]]:
+    """The participant objects of several subjects, one study at a time (first seen first).
+
+    Each study is named once, after its patient when any subject knows the patient ID. When
+    the subjects name one series or instance, the study object describes it as
+    :meth:`Subject.participants` does; when they name several (the instances one STOW stored
+    in the study), it lists them as ``instances`` (PS3.15 A.5.3.2 names the instances
+    transferred), at most :data:`MAX_LISTED_INSTANCES`, with how many more were left out."""
+    by_study: dict[str, list[Subject]] = {}
+    for subject in subjects:
+        if subject.study:
+            by_study.setdefault(subject.study, []).append(subject)
+    found: list[dict[str, Any]] = []
+    for study, group in by_study.items():
+        patient = next((s.patient_id for s in group if s.patient_id), None)
+        named = list(dict.fromkeys((s.series, s.instance) for s in group if s.series or s.instance))
+        if len(named) <= 1:
+            series, instance = named[0] if named else (None, None)
+            found += Subject(study, series, instance, patient).participants()
+            continue
+        found += Subject(study, patient_id=patient).participants()
+        listed = [{"series": s, "instance": i} for s, i in named[:MAX_LISTED_INSTANCES]]
+        description: dict[str, Any] = {"instances": listed}
+        if len(named) > MAX_LISTED_INSTANCES:
+            description["instancesNotListed"] = len(named) - MAX_LISTED_INSTANCES
+        found[-1]["ParticipantObjectDescription"] = description
+    return found
+
+
 def _object(identifier: str, id_type: Mapping[str, str], *, type_code: int, role: int) -> dict[str, Any]:
     """One ParticipantObjectIdentification entry (type code role: PS3.15 A.5.1.2.2)."""
     return {

@@ -11,7 +11,6 @@ and the local gateway, for requests no function answered, write records built he
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from dicomweb_core.audit.message import (
@@ -21,6 +20,7 @@ from dicomweb_core.audit.message import (
     Outcome,
     Requestor,
     Subject,
+    participants_of,
     query_participant,
     record,
 )
@@ -76,16 +76,12 @@ def http_message(
     parameters = event.get("pathParameters") or {}
     in_path = Subject(parameters.get("study"), parameters.get("series"), parameters.get("instance"))
     primary = not is_research(str(event.get("rawPath", "")))
-    noted = [s for s in subjects if s.study != in_path.study or in_path.study is None]
-    for subject in subjects:  # what the handler learnt about the path's own study
-        if in_path.study is not None and subject.study == in_path.study and subject.patient_id:
-            in_path = replace(in_path, patient_id=subject.patient_id)
-    objects: list[dict[str, Any]] = []
-    for subject in (in_path, *noted):
-        known = subject
-        if subject.study and primary and patient_of is not None and subject.patient_id is None:
-            known = replace(subject, patient_id=patient_of(subject.study))
-        objects.extend(known.participants())
+    everything = [in_path, *subjects]
+    if primary and patient_of is not None:  # looked up only where no subject knows the patient
+        known = {s.study for s in everything if s.study and s.patient_id}
+        for study in dict.fromkeys(s.study for s in everything if s.study and s.study not in known):
+            everything.append(Subject(study, patient_id=patient_of(study)))
+    objects = participants_of(everything)
     if audit_event is AuditEvent.QUERY:
         objects.append(query_participant(str(event.get("rawQueryString") or "")))
     return record(

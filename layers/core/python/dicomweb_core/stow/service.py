@@ -25,6 +25,7 @@ from dicomweb_core.dicom.failures import Failure, FailureReason, InstanceRejecte
 from dicomweb_core.dicom.instance import InflationBudget, ReceivedInstance, read_instance
 from dicomweb_core.errors import BadRequest, UnsupportedMediaType
 from dicomweb_core.events import INSTANCE_STORED, EventPublisher
+from dicomweb_core.index import keys
 from dicomweb_core.index.write_results import (
     AlreadyIndexed,
     ExistingInstance,
@@ -43,6 +44,7 @@ from dicomweb_core.web.uri import DicomWebURI
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 MULTIPART_RELATED = "multipart/related"
+PATIENT_ID = "00100020"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ class StoredInstance:
     series_instance_uid: str
     modality: str
     stored: StoredObject
+    patient_id: str | None = None  # PatientID (0010,0020) as the instance carries it
     warnings: tuple[WarningReason, ...] = ()
 
 
@@ -354,7 +357,13 @@ def _stored(instance: ReceivedInstance, stored: StoredObject) -> StoredInstance:
         series_instance_uid=instance.series_instance_uid,
         modality=instance.modality,
         stored=stored,
+        patient_id=_patient_id(instance),
     )
+
+
+def _patient_id(instance: ReceivedInstance) -> str | None:
+    value = keys.first_value(instance.study_json, PATIENT_ID)
+    return str(value) if value else None
 
 
 def stow_reply(outcome: StoreOutcome, *, base_url: str, study: str | None) -> Reply:
