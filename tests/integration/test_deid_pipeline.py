@@ -477,6 +477,7 @@ def test_handler_succeeds_for_a_good_batch(env: DeidEnv, deidentify: ModuleType)
     assert env.research_sop(ds.SOPInstanceUID) is not None
 
 
+@pytest.mark.slow  # sweeps every AWS call of the request: minutes against moto
 def test_deidentification_survives_any_fault_at_any_step(env: DeidEnv, faults: Faults) -> None:
     (sample,) = env.store(phi_rich())
     shape = env.calls_of(faults, lambda: env.deidentify(sample))

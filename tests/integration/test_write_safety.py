@@ -138,6 +138,7 @@ def test_a_retried_commit_carries_the_same_request_token(env: Env, faults: Fault
     assert tokens[0] == tokens[1]
 
 
+@pytest.mark.slow  # sweeps every AWS call of the request: minutes against moto
 @pytest.mark.parametrize("policy", [DuplicatePolicy.REJECT, DuplicatePolicy.OVERWRITE])
 def test_a_new_instance_survives_any_fault_at_any_step(
     env: Env, faults: Faults, policy: DuplicatePolicy
@@ -162,6 +163,7 @@ def test_a_new_instance_survives_any_fault_at_any_step(
             check(env.s3, env.bucket, acknowledged=acknowledged, leaks=leaks)
 
 
+@pytest.mark.slow  # sweeps every AWS call of the request: minutes against moto
 def test_an_overwrite_survives_any_fault_at_any_step(env: Env, faults: Faults) -> None:
     policy = DuplicatePolicy.OVERWRITE
     shape = overwrite_shape(env, faults)
@@ -197,6 +199,7 @@ def overwrite_shape(env: Env, faults: Faults) -> list[str]:
     return env.calls(faults, lambda: env.stow(corrected, policy=DuplicatePolicy.OVERWRITE))
 
 
+@pytest.mark.slow  # sweeps every AWS call of the request: minutes against moto
 def test_a_delete_finishes_after_any_fault_at_any_step(env: Env, faults: Faults) -> None:
     def study_of_two() -> Dataset:
         first = make_dataset()
@@ -223,6 +226,7 @@ def test_a_delete_finishes_after_any_fault_at_any_step(env: Env, faults: Faults)
 # ---------------------------------------------------------------- STOW racing DELETE
 
 
+@pytest.mark.slow  # sweeps every AWS call of the request: minutes against moto
 def test_a_delete_racing_a_stow_at_any_step_never_leaves_half_of_each(env: Env, faults: Faults) -> None:
     sample = _stored_study(env)
     shape = env.calls(faults, lambda: env.stow(sibling(sample)))
@@ -240,6 +244,7 @@ def test_a_delete_racing_a_stow_at_any_step_never_leaves_half_of_each(env: Env, 
             _one_came_last(env, late, outcome, (when, step, operation))
 
 
+@pytest.mark.slow  # sweeps every AWS call of the request: minutes against moto
 def test_a_stow_racing_a_delete_at_any_step_never_leaves_half_of_each(env: Env, faults: Faults) -> None:
     sample = _stored_study(env)
     shape = env.calls(faults, lambda: env.delete(sample.StudyInstanceUID))
@@ -333,6 +338,7 @@ def test_a_failed_overwrite_keeps_the_original_current(env: Env, monkeypatch: py
     check(env.s3, env.bucket, acknowledged={original.SOPInstanceUID: [to_part10(original)]})
 
 
+@pytest.mark.slow  # sweeps every AWS call of the request: minutes against moto
 @pytest.mark.parametrize("when", ["run_before", "run_after"])
 def test_of_two_racing_overwrites_exactly_the_winner_is_current(env: Env, faults: Faults, when: str) -> None:
     policy = DuplicatePolicy.OVERWRITE
@@ -403,6 +409,7 @@ def test_racing_overwrites_from_threads_leave_one_acknowledged_current_version(e
 # ---------------------------------------------------------------- the hooks' writes
 
 
+@pytest.mark.slow  # sweeps every AWS call of the request: minutes against moto
 def test_the_series_metadata_hook_survives_any_fault_at_any_step(env: Env, faults: Faults) -> None:
     reader = ObjectReader(env.bucket)
     builder = SeriesMetadataBuilder(reader, S3InstanceStore(env.bucket))
