@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -456,7 +456,10 @@ FRAMING = [
     b"\r\n\r\n",
     b"DICM",
 ]
-boundaries = st.one_of(st.sampled_from(["B", "xyz", "a b", "=_-'()+,./:?", "b" * 70]), st.text(max_size=72))
+boundaries = st.one_of(
+    st.sampled_from(["B", "xyz", "a b", "=_-'()+,./:?", "b" * 70, "b" * 73, "{*#}", "z" * 1000, "z" * 1001]),
+    st.text(max_size=72),
+)
 
 
 @st.composite
@@ -502,6 +505,40 @@ def test_multipart_parser_with_any_boundary_only_raises_multipart_errors(
     assert [dict(p.headers) for p in parts] == [dict(p.headers) for p in again]
     for part in parts:  # header values never carry CR, LF or other controls (a tab is allowed)
         assert not any(re.search(r"[\x00-\x08\x0a-\x1f\x7f]", v) for v in part.headers.values())
+
+
+#: Boundaries the parser accepts beyond RFC 2046: printable US-ASCII, up to 1000 characters.
+received_boundaries = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=1000
+)
+
+
+@PARSER
+@given(
+    received_boundaries,
+    st.lists(st.binary(max_size=64), min_size=1, max_size=5),
+    st.sampled_from([b"\r\n", b"\n"]),
+    st.booleans(),
+)
+def test_any_accepted_boundary_frames_parts_exactly(
+    boundary: str, payloads: list[bytes], eol: bytes, folded: bool
+) -> None:
+    # Given payloads framed by hand (the encoder writes only RFC 2046 boundaries) with any
+    # boundary the parser accepts, CRLF or LF line ends, and a folded header or not
+    dash = b"--" + boundary.encode()
+    assume(not any(dash in payload for payload in payloads))
+    assume(eol == b"\r\n" or not any(payload.endswith(b"\r") for payload in payloads))
+    head = (
+        b"Content-Type: application/dicom;" + eol + b"\ttransfer-syntax=1.2"
+        if folded
+        else b"Content-Type: a/b"
+    )
+    body = b"".join(dash + eol + head + eol + eol + payload + eol for payload in payloads) + dash + b"--"
+    # When split
+    parts = split_parts(body, boundary, max_parts=5, max_header_bytes=128)
+    # Then every payload comes back exactly, with its header read as one field
+    assert [bytes(part.body) for part in parts] == payloads
+    assert all(part.content_type is not None for part in parts)
 
 
 STOW_TYPES = [

@@ -37,7 +37,7 @@ from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.observability import logger
 from dicomweb_core.storage import InstanceStore, S3InstanceStore, instance_key, metadata_key, new_write_id
 from dicomweb_core.web.mediatype import parse_media_type
-from dicomweb_core.web.multipart import boundary_of, split_parts
+from dicomweb_core.web.multipart import Part, boundary_of, split_parts
 from dicomweb_core.web.reply import Reply, dicom_json_reply, warning_value
 from dicomweb_core.web.uri import DicomWebURI
 
@@ -77,8 +77,12 @@ class StoreOutcome:
 def instance_payloads(content_type: str | None, body: bytes, *, settings: Settings) -> list[memoryview]:
     """Split a STOW-RS request body into one Part 10 payload per instance.
 
-    Accepts ``multipart/related; type="application/dicom"`` (quoted or not) and, as many
-    senders use it, a single-part ``application/dicom`` body (PS3.18 §10.5.1).
+    Accepts ``multipart/related; type="application/dicom"`` (PS3.18 §10.5.1) as real senders
+    write it (docs/conformance.md, STOW-RS "Tolerances": the ``type`` quoted, unquoted, in
+    single quotes, in any case, with parameters, or absent) and, as many senders use it, a
+    single-part ``application/dicom`` body. Parts must be ``application/dicom`` (or carry no
+    Content-Type) in binary: anything else is refused with ``415`` before any instance is
+    read, and every bound of the multipart parser (part count, header bytes) applies.
     """
     if not content_type:
         raise UnsupportedMediaType(
@@ -90,30 +94,66 @@ def instance_payloads(content_type: str | None, body: bytes, *, settings: Settin
             raise BadRequest("The request body is empty.")
         return [memoryview(body)]
     if media_type.type != MULTIPART_RELATED:
+        hint = _FORM_DATA_HINT if media_type.type == "multipart/form-data" else ""
         raise UnsupportedMediaType(
             f'Content-Type {media_type.type} is not supported; send multipart/related; type="{DICOM}" '
-            f"or {DICOM}."
+            f"or {DICOM}.{hint}"
         )
     _check_part_type(media_type.param("type"))
     parts = split_parts(
         memoryview(body),
-        boundary_of(media_type),
+        boundary_of(media_type, body=body),
         max_parts=settings.limits.max_parts,
         max_header_bytes=settings.limits.max_part_header_bytes,
     )
-    payloads = []
-    for number, part in enumerate(parts, start=1):
+    return [_part_payload(number, part) for number, part in enumerate(parts, start=1)]
+
+
+_FORM_DATA_HINT = (
+    " With curl, keep -F but add -H 'Content-Type: multipart/related; type=\"application/dicom\"' "
+    "and ;type=application/dicom after each file."
+)
+# RFC 2045 §6.1: identity encodings; the part's bytes are the instance as they stand.
+_IDENTITY_ENCODINGS = frozenset({"binary", "8bit", "7bit"})
+
+
+def _part_payload(number: int, part: Part) -> memoryview:
+    """The Part 10 bytes of one part, or a ``415`` naming the part and what to send instead."""
+    try:
         part_type = part.content_type
-        if part_type is not None and part_type.type != DICOM:
-            raise UnsupportedMediaType(
-                f"Part {number} has Content-Type {part_type.type}; every part must be {DICOM}."
-            )
-        payloads.append(part.body)
-    return payloads
+    except BadRequest as error:
+        raise BadRequest(f"Part {number}: {error.message}") from None
+    if part_type is not None and part_type.type != DICOM:
+        hint = _OCTET_STREAM_HINT if part_type.type == "application/octet-stream" else ""
+        raise UnsupportedMediaType(
+            f"Part {number} has Content-Type {part_type.type}; every part must be {DICOM}.{hint}"
+        )
+    encoding = part.headers.get("content-transfer-encoding")
+    if encoding is not None and encoding.lower() not in _IDENTITY_ENCODINGS:
+        shown = ascii(encoding[:40])[1:-1]
+        raise UnsupportedMediaType(
+            f"Part {number} has Content-Transfer-Encoding {shown}; send the instance's bytes as they "
+            "are (binary), without a transfer encoding."
+        )
+    return part.body
+
+
+_OCTET_STREAM_HINT = " With curl -F, add ;type=application/dicom after the file name."
 
 
 def _check_part_type(type_param: str | None) -> None:
-    if type_param is None or type_param.lower() == DICOM:
+    """Accept a ``type`` parameter naming ``application/dicom`` however a sender writes it.
+
+    Case, surrounding spaces, single quotes (``type='application/dicom'``) and parameters
+    inside the value (``type="application/dicom; transfer-syntax=..."``) are tolerated:
+    none of them can name another media type. Anything else is ``415`` (PS3.18 §10.5.1).
+    """
+    if type_param is None:
+        return
+    named = type_param.strip(" \t")
+    if len(named) > 1 and named[0] == named[-1] == "'":
+        named = named[1:-1]
+    if named.partition(";")[0].strip(" \t").lower() == DICOM:
         return
     raise UnsupportedMediaType(
         f"The multipart/related type parameter is not supported: this server stores Part 10 instances, "

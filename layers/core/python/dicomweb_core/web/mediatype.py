@@ -8,8 +8,10 @@ types), §5.6.2 (tokens), §5.6.4 (quoted strings), §5.6.6 (parameters) and §1
 
 It is lenient where real clients deviate from the grammar without ambiguity: whitespace
 around ``=`` is allowed, and a parameter value may be an unquoted run of visible characters
-such as ``type=application/dicom`` (OHIF sends this on purpose although ``/`` is not a token
-character). Everything else is rejected with a message that says what was expected.
+such as ``type=application/dicom`` (dicomweb-client for JavaScript, which OHIF's upload
+uses, sent this before version 0.7, although ``/`` is not a token character). Everything
+else is rejected with a message that says what was expected. What STOW-RS tolerates beyond
+this is in docs/conformance.md ("Tolerances").
 """
 
 from __future__ import annotations

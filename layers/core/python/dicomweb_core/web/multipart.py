@@ -9,8 +9,13 @@ STOW-RS requests and WADO-RS responses carry DICOM objects, metadata and bulk da
 The parser is zero-copy (part bodies are ``memoryview`` slices of the input), does its
 searching with C-speed ``bytes.find`` (or a compiled regular expression when the input is a
 partial ``memoryview``) and is bounded: it stops as soon as a body has more parts than
-allowed or a part's header section is too large. Bare LF line endings are accepted as well
-as CRLF. Part-level ``Content-Length`` headers are returned but not used for framing.
+allowed or a part's header section is too large.
+
+It reads what real senders write (docs/conformance.md, STOW-RS "Tolerances"): boundaries
+longer than RFC 2046's 70 characters (Orthanc's DICOMweb client sends 73) and with
+characters outside its ``bchars``, bare LF line endings, folded part header lines and
+whitespace before a header's colon (RFC 5322 §2.2.3, §4.5). Part-level ``Content-Length``
+headers are returned but not used for framing. What it writes stays within RFC 2046.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dicomweb_core.web.mediatype import MediaType, parse_media_type
 
 __all__ = [
     "MAX_BOUNDARY_CHARS",
+    "RFC2046_BOUNDARY_CHARS",
     "Part",
     "boundary_of",
     "encode_multipart",
@@ -35,11 +41,22 @@ __all__ = [
     "split_parts",
 ]
 
-#: RFC 2046 §5.1.1: a boundary is 1 to 70 characters.
-MAX_BOUNDARY_CHARS = 70
+#: RFC 2046 §5.1.1: a boundary is 1 to 70 characters; every boundary this module writes fits.
+RFC2046_BOUNDARY_CHARS = 70
+
+#: The longest boundary a received body may use. Real senders exceed RFC 2046's 70 (Orthanc's
+#: DICOMweb client: 73). The bound is a sanity limit, not a cost control: finding delimiters is
+#: linear in the body whatever the boundary's length (measured in tests/unit/test_multipart.py),
+#: and the boundary already lives in a Content-Type header capped at 8192 characters.
+MAX_BOUNDARY_CHARS = 1000
 
 _BCHARS = r"0-9A-Za-z'()+_,\-./:=?"
 _BOUNDARY_RE = re.compile(rf"[{_BCHARS} ]*[{_BCHARS}]")
+# Received boundaries: printable US-ASCII, not ending with a space (it would be indistinguishable
+# from transport padding). The boundary is matched as bytes, so any such character is unambiguous.
+_RECEIVED_BOUNDARY_RE = re.compile(r"[\x20-\x7e]*[\x21-\x7e]")
+_SHOWN_BOUNDARY_CHARS = 60
+_WSP = " \t"
 _PADDING_EOL_RE = re.compile(rb"[ \t]*\r?\n")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z\-]+")
 _BAD_FIELD_CHAR_RE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
@@ -51,11 +68,11 @@ _SINGLETON_HEADERS = frozenset(
 
 
 def _boundary_problem(boundary: str) -> str | None:
-    """Describe why ``boundary`` breaks RFC 2046 §5.1.1, or return None when it is valid."""
+    """Describe why ``boundary`` breaks RFC 2046 §5.1.1, or return None: what this module writes."""
     if not boundary:
         return "is empty; RFC 2046 §5.1.1 needs 1 to 70 characters"
-    if len(boundary) > MAX_BOUNDARY_CHARS:
-        return f"is {len(boundary)} characters long; RFC 2046 §5.1.1 allows at most {MAX_BOUNDARY_CHARS}"
+    if len(boundary) > RFC2046_BOUNDARY_CHARS:
+        return f"is {len(boundary)} characters long; RFC 2046 §5.1.1 allows at most {RFC2046_BOUNDARY_CHARS}"
     if boundary.endswith(" "):
         return "ends with a space, which RFC 2046 §5.1.1 forbids"
     if not _BOUNDARY_RE.fullmatch(boundary):
@@ -63,8 +80,44 @@ def _boundary_problem(boundary: str) -> str | None:
     return None
 
 
-def boundary_of(media_type: MediaType) -> str:
+def _received_boundary_problem(boundary: str) -> str | None:
+    """Describe why a received ``boundary`` cannot frame a body, or return None when it can.
+
+    Wider than RFC 2046 §5.1.1 (up to :data:`MAX_BOUNDARY_CHARS` printable US-ASCII characters)
+    because real senders are; still no control or non-ASCII character, and no trailing space.
+    """
+    if not boundary:
+        return "is empty; give 1 to 70 characters (RFC 2046 §5.1.1)"
+    if len(boundary) > MAX_BOUNDARY_CHARS:
+        return (
+            f"is {len(boundary)} characters long; this server accepts at most {MAX_BOUNDARY_CHARS} "
+            f"(RFC 2046 §5.1.1 recommends at most {RFC2046_BOUNDARY_CHARS})"
+        )
+    if boundary.endswith(" "):
+        return "ends with a space, which RFC 2046 §5.1.1 forbids (it reads as transport padding)"
+    if not _RECEIVED_BOUNDARY_RE.fullmatch(boundary):
+        return (
+            "has a control or non-ASCII character; use letters, digits and '()+_,-./:=? "
+            "as RFC 2046 §5.1.1 recommends"
+        )
+    return None
+
+
+def _shown(boundary: str) -> str:
+    """``boundary`` for an error message: long ones are cut short."""
+    if len(boundary) <= _SHOWN_BOUNDARY_CHARS:
+        return boundary
+    return f"{boundary[:_SHOWN_BOUNDARY_CHARS]}...({len(boundary)} characters)"
+
+
+def boundary_of(media_type: MediaType, *, body: bytes | memoryview | None = None) -> str:
     """The validated ``boundary`` parameter of a multipart media type (RFC 2046 §5.1.1).
+
+    Boundaries are accepted as :func:`iter_parts` accepts them. A value in single quotes
+    (``boundary='abc'``, as hand-written ``curl -H`` lines have it) is RFC 2046-valid as it
+    stands, since ``'`` is a boundary character; when ``body`` is given and has no delimiter
+    with the quotes but one without, the unquoted value is the boundary. The body decides,
+    so the choice is never a guess.
 
     Raises :class:`UnsupportedMediaType` if the media type is not ``multipart/*`` and
     :class:`MultipartError` if the boundary is missing or invalid.
@@ -79,10 +132,20 @@ def boundary_of(media_type: MediaType) -> str:
             "The multipart Content-Type has no boundary parameter; expected for example "
             'multipart/related; type="application/dicom"; boundary=example-boundary.'
         )
-    problem = _boundary_problem(boundary)
+    problem = _received_boundary_problem(boundary)
     if problem:
         raise MultipartError(f"The multipart boundary {problem}.")
+    if body is not None and len(boundary) > 2 and boundary[0] == boundary[-1] == "'":
+        buf = _Buffer(body)
+        unquoted = boundary[1:-1]
+        if _find_delimiter(buf, _dash(boundary), 0) is None and _find_delimiter(buf, _dash(unquoted), 0):
+            return unquoted
     return boundary
+
+
+def _dash(boundary: str) -> bytes:
+    """The delimiter ``--boundary`` as bytes (RFC 2046 §5.1.1)."""
+    return b"--" + boundary.encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -216,19 +279,20 @@ def _check_header_size(size: int, number: int, max_header_bytes: int) -> None:
 
 
 def _parse_header_line(line: str, number: int, index: int) -> tuple[str, str]:
-    """Parse ``Name: value`` (RFC 9110 §5.1, §5.5) into (lower-cased name, trimmed value)."""
-    if line[:1] in (" ", "\t"):
-        raise MultipartError(
-            f"Part {number}: header line {index} starts with whitespace; folded (obs-fold) header "
-            "lines are not supported (RFC 9110 §5.5)."
-        )
+    """Parse ``Name: value`` (RFC 9110 §5.1, §5.5) into (lower-cased name, trimmed value).
+
+    Whitespace between the name and the colon is tolerated: a part header is MIME (RFC 5322
+    §4.5 allows it as obsolete syntax), and only this parser reads it, so there is no second
+    reader to disagree with (the request smuggling reason RFC 9110 §5.1 refuses it for).
+    """
     name, colon, value = line.partition(":")
     if not colon:
         raise MultipartError(f"Part {number}: header line {index} has no ':'; expected 'Name: value'.")
+    name = name.rstrip(" \t")
     if not _TOKEN_RE.fullmatch(name):
         raise MultipartError(
             f"Part {number}: header line {index} has an invalid field name; expected a token such as "
-            "Content-Type with no space before ':'."
+            "Content-Type followed by ':'."
         )
     value = value.strip(" \t")
     if _BAD_FIELD_CHAR_RE.search(value):
@@ -236,12 +300,34 @@ def _parse_header_line(line: str, number: int, index: int) -> tuple[str, str]:
     return name.lower(), value
 
 
+def _unfolded_lines(raw: memoryview, number: int) -> list[str]:
+    """The header section's lines with folded continuations joined (RFC 5322 §2.2.3).
+
+    A line starting with a space or tab continues the previous one; MIME writers (Python's
+    ``email`` among them) fold long header lines this way. The section is already bounded by
+    ``max_header_bytes``, so joining costs no more than reading it.
+    """
+    lines = bytes(raw).decode("latin-1").split("\n")
+    joined: list[str] = []
+    for raw_line in lines[:-1] if lines[-1] == "" else lines:
+        line = raw_line.removesuffix("\r")
+        if not line or line[0] not in _WSP:
+            joined.append(line)
+        elif joined:
+            joined[-1] = joined[-1].rstrip(_WSP) + " " + line.strip(_WSP)
+        else:
+            raise MultipartError(
+                f"Part {number}: the header section starts with a continuation line (whitespace "
+                "before the first header); expected 'Name: value'."
+            )
+    return joined
+
+
 def _parse_headers(raw: memoryview, number: int) -> dict[str, str]:
     """Parse a part's header section; repeated fields are joined with ', ' unless single-valued."""
     headers: dict[str, str] = {}
-    lines = bytes(raw).decode("latin-1").split("\n")
-    for index, line in enumerate(lines[:-1] if lines[-1] == "" else lines, start=1):
-        name, value = _parse_header_line(line.removesuffix("\r"), number, index)
+    for index, line in enumerate(_unfolded_lines(raw, number), start=1):
+        name, value = _parse_header_line(line, number, index)
         if name in headers and name in _SINGLETON_HEADERS:
             raise MultipartError(f"Part {number}: the {name} header appears more than once.")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
@@ -257,7 +343,7 @@ def _parse_part(buf: _Buffer, start: int, end: int, *, number: int, max_header_b
 
 def _check_limits(boundary: str, max_parts: int, max_header_bytes: int) -> None:
     """Validate the arguments of :func:`iter_parts` before any parsing."""
-    problem = _boundary_problem(boundary)
+    problem = _received_boundary_problem(boundary)
     if problem:
         raise MultipartError(f"The multipart boundary {problem}.")
     if max_parts < 1 or max_header_bytes < 0:
@@ -269,12 +355,12 @@ def _generate_parts(
 ) -> Iterator[Part]:
     """The parsing loop behind :func:`iter_parts`."""
     buf = _Buffer(body)
-    dash = b"--" + boundary.encode("ascii")
+    dash = _dash(boundary)
     delimiter = _find_delimiter(buf, dash, 0)
     if delimiter is None:
         raise MultipartError(
-            f"The multipart body has no boundary delimiter '--{boundary}'; check that the boundary "
-            "parameter of the Content-Type matches the body."
+            f"The multipart body has no boundary delimiter '--{_shown(boundary)}' at the start of a "
+            "line; check that the boundary parameter of the Content-Type matches the body."
         )
     if delimiter.close:
         raise MultipartError("The multipart body has no parts; PS3.18 §8.6.1.2 needs at least one.")
@@ -287,7 +373,7 @@ def _generate_parts(
         if following is None:
             raise MultipartError(
                 f"Part {number} is not followed by a boundary delimiter: the body is truncated or "
-                f"the close delimiter '--{boundary}--' is missing."
+                f"the close delimiter '--{_shown(boundary)}--' is missing."
             )
         yield _parse_part(
             buf, delimiter.after, following.part_end, number=number, max_header_bytes=max_header_bytes
@@ -300,7 +386,8 @@ def iter_parts(
 ) -> Iterator[Part]:
     """Yield the parts of a multipart/related body one by one (RFC 2046 §5.1.1, PS3.18 §8.6.1.2).
 
-    The preamble and epilogue are ignored. Framing errors raise :class:`MultipartError` (naming
+    ``boundary`` may be up to :data:`MAX_BOUNDARY_CHARS` printable US-ASCII characters. The
+    preamble and epilogue are ignored. Framing errors raise :class:`MultipartError` (naming
     the part number) when reached, and :class:`TooManyParts` is raised as soon as part
     ``max_parts + 1`` starts. The boundary is checked before the first part is produced.
     """
@@ -343,7 +430,7 @@ def _contains(data: bytes | memoryview, needle: bytes) -> bool:
 
 def _first_part_containing(parts: list[tuple[bytes, memoryview]], boundary: str) -> int | None:
     """The 1-based number of the first part whose headers or body contain ``--boundary``."""
-    dash = b"--" + boundary.encode("ascii")
+    dash = _dash(boundary)
     for number, (head, body) in enumerate(parts, start=1):
         if dash in head or _contains(body, dash):
             return number
