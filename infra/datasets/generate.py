@@ -58,6 +58,27 @@ def make_dataset(
     return ds
 
 
+IMAGE_PIXEL_KEYWORDS = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PixelData",
+)
+
+
+def without_pixels(ds: Dataset) -> Dataset:
+    """``ds`` without its Image Pixel Module: a header-only object such as an SR or a
+    presentation state, built from :func:`make_dataset`."""
+    for keyword in IMAGE_PIXEL_KEYWORDS:
+        delattr(ds, keyword)
+    return ds
+
+
 def to_part10(ds: Dataset, *, preamble: bytes | None = None) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -213,19 +234,9 @@ def _document(
 ) -> Dataset:
     """A header-only instance (no Image Pixel Module) with PHI in the patient, study and
     equipment modules, a private block, staff identification and the original's URL."""
-    ds = make_dataset(study=study, series=series, sop=sop, modality=modality, sop_class=sop_class)
-    for keyword in (
-        "Rows",
-        "Columns",
-        "SamplesPerPixel",
-        "PhotometricInterpretation",
-        "BitsAllocated",
-        "BitsStored",
-        "HighBit",
-        "PixelRepresentation",
-        "PixelData",
-    ):
-        delattr(ds, keyword)
+    ds = without_pixels(
+        make_dataset(study=study, series=series, sop=sop, modality=modality, sop_class=sop_class)
+    )
     ds.PatientName = "Doe^Jane"
     ds.PatientID = "PID-12345"
     ds.PatientBirthDate = "19700101"

@@ -23,7 +23,7 @@ from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.uid import BasicTextSRStorage, CTImageStorage
 
-from infra.datasets.generate import make_dataset, new_uid
+from infra.datasets.generate import make_dataset, new_uid, without_pixels
 from tests.e2e.conftest import Runtime
 from tests.e2e.helpers import FAILED_SOP_SEQUENCE, TIMEOUT_S, instance_url
 
@@ -88,20 +88,7 @@ class Patient:
 
 def _sr_dataset(**kwargs: Any) -> Dataset:
     """A Basic Text SR instance: no pixel data (make_dataset builds an image)."""
-    ds = make_dataset(modality="SR", sop_class=BasicTextSRStorage, **kwargs)
-    for keyword in (
-        "Rows",
-        "Columns",
-        "SamplesPerPixel",
-        "PhotometricInterpretation",
-        "BitsAllocated",
-        "BitsStored",
-        "HighBit",
-        "PixelRepresentation",
-        "PixelData",
-    ):
-        delattr(ds, keyword)
-    return ds
+    return without_pixels(make_dataset(modality="SR", sop_class=BasicTextSRStorage, **kwargs))
 
 
 @pytest.fixture(scope="module")
