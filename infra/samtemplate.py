@@ -186,6 +186,7 @@ class ObjectRoute:
 
     path_pattern: str  # CloudFront form: * matches any characters, / included
     bucket: str  # logical id
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})  # the behavior's AllowedMethods
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -202,7 +203,8 @@ def object_routes(template: Template) -> list[ObjectRoute]:
             origin = origins[behavior["TargetOriginId"]]
             if "S3OriginConfig" in origin:
                 bucket = origin["DomainName"]["Fn::GetAtt"][0]
-                routes.append(ObjectRoute(behavior["PathPattern"], bucket))
+                methods = frozenset(behavior.get("AllowedMethods", ("GET", "HEAD")))
+                routes.append(ObjectRoute(behavior["PathPattern"], bucket, methods))
     return routes
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
@@ -183,6 +183,33 @@ class Gateway:
             self.audit_sink.write(audit.http_message(unaudited, response.status))
         if method != "OPTIONS":
             response.headers.update(self.cors.response_headers(origin))
+        response.headers.setdefault("apigw-requestid", uuid.uuid4().hex[:16])
+        return response
+
+    def uploads_to(self, method: str, target: str) -> bool:
+        """Is ``method target`` an upload to a bucket behavior (a presigned PUT or part)?"""
+        if method not in {"PUT", "POST"} or self.objects is None:
+            return False
+        return self.objects.bucket_for(method, urlsplit(target).path or "/") is not None
+
+    def upload(
+        self, method: str, target: str, headers: Mapping[str, str], body: _Readable
+    ) -> GatewayResponse:
+        """A presigned upload, streamed to the bucket: S3's answer, with CORS."""
+        split = urlsplit(target)
+        length = headers.get("content-length", "")
+        if not length.isdigit():
+            response = _s3_error(
+                HTTPStatus.LENGTH_REQUIRED,
+                "MissingContentLength",
+                "You must provide the Content-Length HTTP header.",
+            )
+        else:
+            assert self.objects is not None
+            forwarded = self.objects.forward(method, split.path, split.query, body=body, length=int(length))
+            assert forwarded is not None
+            response = forwarded
+        response.headers.update(self.cors.response_headers(headers.get("origin")))
         response.headers.setdefault("apigw-requestid", uuid.uuid4().hex[:16])
         return response
 
@@ -389,20 +416,34 @@ class ObjectProxy:
 
     def __init__(
         self,
-        routes: Sequence[tuple[re.Pattern[str], str]],
+        routes: Sequence[tuple[re.Pattern[str], str, frozenset[str]]],
         endpoint_url: str,
         *,
         key: LinkSigningKey | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.routes = list(routes)  # (path pattern, bucket name)
+        self.routes = list(routes)  # (path pattern, bucket name, methods the behavior allows)
         self.endpoint_url = endpoint_url.rstrip("/")
         self.key = key or LinkSigningKey.generate("us-east-1")
         self.clock = clock
 
+    def bucket_for(self, method: str, path: str) -> str | None:
+        """The bucket a behavior serves ``method path`` from, None when none does."""
+        return next(
+            (name for pattern, name, methods in self.routes if method in methods and pattern.match(path)),
+            None,
+        )
+
     def serve(self, method: str, path: str, query: str) -> GatewayResponse | None:
         """The object for a signed link, an S3 error, or None when no bucket route matches."""
-        bucket = next((name for pattern, name in self.routes if pattern.match(path)), None)
+        return self.forward(method, path, query)
+
+    def forward(
+        self, method: str, path: str, query: str, *, body: _Readable | None = None, length: int = 0
+    ) -> GatewayResponse | None:
+        """A signed link's request passed on to the bucket (a PUT's body streamed, never
+        held whole), an S3 error, or None when no bucket route serves ``method path``."""
+        bucket = self.bucket_for(method, path)
         if bucket is None:
             return None
         if not _plain_path(path):
@@ -411,7 +452,13 @@ class ObjectProxy:
         refusal = self._refusal(method, url, query)
         if refusal is not None:
             return refusal
-        answer = requests.request(method, f"{url}?{query}", timeout=300)
+        answer = requests.request(
+            method,
+            f"{url}?{query}",
+            data=_BoundedReader(body, length) if body is not None else None,
+            headers={"Content-Length": str(length)} if body is not None else None,
+            timeout=300,
+        )
         headers = {
             name.lower(): value
             for name, value in answer.headers.items()
@@ -459,6 +506,27 @@ class ObjectProxy:
                 "The request signature we calculated does not match the signature you provided.",
             )
         return None
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _BoundedReader:
+    """The next ``length`` bytes of a client's connection, as a file for ``requests``."""
+
+    def __init__(self, stream: _Readable, length: int) -> None:
+        self.stream = stream
+        self.left = length
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = self.left if size < 0 else min(size, self.left)
+        chunk = self.stream.read(wanted) if wanted else b""
+        self.left -= len(chunk)
+        return chunk
+
+    def __len__(self) -> int:
+        return self.left
 
 
 def _plain_path(path: str) -> bool:
@@ -547,6 +615,12 @@ def make_server(gateway: Gateway, host: str, port: int) -> ThreadingHTTPServer:
             for name, value in self.headers.items():
                 key = name.lower()
                 headers[key] = f"{headers[key]},{value}" if key in headers else value
+            if gateway.uploads_to(self.command, self.path):
+                response = gateway.upload(self.command, self.path, headers, self.rfile)
+                if response.status >= 400:  # the body may be unread: don't parse it as a request
+                    response.headers["connection"] = "close"
+                self._send(response)
+                return
             try:
                 body = _read_body(self)
             except _RequestTooLarge:

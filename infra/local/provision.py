@@ -159,8 +159,24 @@ def _bucket(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:
         s3.create_bucket(Bucket=name)
     if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
         s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    notifications = _bucket_notifications(stack, props.get("NotificationConfiguration", {}))
+    if notifications:  # moto delivers these to its SQS queues, as S3 does
+        s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration=notifications)
     stack.physical_ids[logical_id] = name
     stack.attributes[logical_id] = {"Arn": f"arn:aws:s3:::{name}"}
+
+
+def _bucket_notifications(stack: Stack, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The template's QueueConfigurations in the API's shape (queues are created first)."""
+    queues = []
+    for entry in config.get("QueueConfigurations", []):
+        rules = entry.get("Filter", {}).get("S3Key", {}).get("Rules", [])
+        queue: dict[str, Any] = {"QueueArn": str(stack.resolve(entry["Queue"])), "Events": [entry["Event"]]}
+        if rules:
+            filter_rules = [{"Name": r["Name"], "Value": r["Value"]} for r in rules]
+            queue["Filter"] = {"Key": {"FilterRules": filter_rules}}
+        queues.append(queue)
+    return {"QueueConfigurations": queues} if queues else {}
 
 
 def _table(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:
@@ -278,10 +294,10 @@ def _secret(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:
 
 _CREATORS = (
     ("AWS::SecretsManager::Secret", _secret),
-    ("AWS::S3::Bucket", _bucket),
     ("AWS::DynamoDB::Table", _table),
     ("AWS::Events::EventBus", _event_bus),
     ("AWS::SQS::Queue", _queue),
+    ("AWS::S3::Bucket", _bucket),  # after the queues its notifications name
     ("AWS::Events::Rule", _rule),
     ("AWS::Cognito::UserPool", _user_pool),
     ("AWS::Cognito::UserPoolResourceServer", _resource_server),

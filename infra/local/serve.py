@@ -217,7 +217,7 @@ class LocalStack:
             audit_sink=FileSink(self.audit_path),
             objects=ObjectProxy(
                 [
-                    (route.pattern, self.stack.physical_ids[route.bucket])
+                    (route.pattern, self.stack.physical_ids[route.bucket], route.methods)
                     for route in object_routes(self.template)
                 ],
                 self.moto_url,

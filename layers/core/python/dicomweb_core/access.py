@@ -8,7 +8,8 @@ route added or edited with the wrong scopes cannot open a store:
   ``dicomweb/write``, deleted from with ``dicomweb/delete``;
 - the de-identified research store (``/deid/...``) is read with ``dicomweb/deid.read``
   and nothing else, and no scope writes to it through the API;
-- operations (``/admin/...``) need ``dicomweb/admin``.
+- operations (``/admin/...``) need ``dicomweb/admin``;
+- upload sessions (``/upload-sessions...``) need ``dicomweb/write``, their status too.
 
 A researcher's token therefore never reaches the primary store, and a reader can never
 write or delete. Unknown UIDs and UIDs of the other store answer 404 alike (each store
@@ -47,6 +48,8 @@ def required(method: str, raw_path: str) -> Permission:
     research = is_research(raw_path)
     if raw_path.startswith("/admin/"):
         return Permission.ADMIN
+    if raw_path == "/upload-sessions" or raw_path.startswith("/upload-sessions/"):
+        return Permission.WRITE  # a session's status is its uploader's, read or not
     if method in {"GET", "HEAD"}:
         return Permission.DEID_READ if research else Permission.READ
     if research:
@@ -62,6 +65,12 @@ def token_scopes(event: Mapping[str, Any]) -> frozenset[str]:
     if scopes is None:  # API Gateway also passes the raw claim
         scopes = str((jwt.get("claims") or {}).get("scope") or "").split()
     return frozenset(str(s) for s in scopes)
+
+
+def token_subject(event: Mapping[str, Any]) -> str:
+    """The token's subject (a user, or an app client for client credentials); "" without one."""
+    jwt = ((event.get("requestContext") or {}).get("authorizer") or {}).get("jwt") or {}
+    return str((jwt.get("claims") or {}).get("sub") or "")
 
 
 def denial(event: Mapping[str, Any]) -> str | None:

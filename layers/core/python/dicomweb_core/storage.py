@@ -146,13 +146,6 @@ class ObjectReader:
         self.bytes_read += len(body)
         return body
 
-    def presigned_url(self, key: str, *, version_id: str | None, expires_in: int = 300) -> str:
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
-        if version_id:
-            params["VersionId"] = version_id
-        url: str = self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
-        return url
-
     def same_host_url(
         self, key: str, *, version_id: str | None, public_base_url: str, expires_in: int = 300
     ) -> str:
@@ -163,7 +156,22 @@ class ObjectReader:
         forwarding the query string and no other header; S3 checks the signature and the
         expiry. Clients that keep their Host header across redirects (dicomweb-client) can
         follow it, unlike a redirect to the bucket's own host."""
-        signed = urlsplit(self.presigned_url(key, version_id=version_id, expires_in=expires_in))
+        params: dict[str, Any] = {"Key": key}
+        if version_id:
+            params["VersionId"] = version_id
+        return self.same_host_link(
+            "get_object", params, public_base_url=public_base_url, expires_in=expires_in
+        )
+
+    def same_host_link(
+        self, operation: str, params: dict[str, Any], *, public_base_url: str, expires_in: int
+    ) -> str:
+        """Any presigned S3 operation on one of the bucket's objects (a GET, an upload's
+        PUT or part), as a link on the API's own host (CloudFront's bucket behaviors)."""
+        url = self._presigner.generate_presigned_url(
+            operation, Params={"Bucket": self.bucket, **params}, ExpiresIn=expires_in
+        )
+        signed = urlsplit(str(url))
         path = signed.path
         if not signed.netloc.startswith(f"{self.bucket}."):  # path-style (a local endpoint)
             path = path.removeprefix(f"/{self.bucket}")
