@@ -20,6 +20,7 @@ import pytest
 
 from dicomweb_core import audit
 from dicomweb_core.observability import logger
+from dicomweb_core.upload.declared import INGEST_PREFIX, QUARANTINE_PREFIX
 from infra.samtemplate import REPO_ROOT, TEMPLATE_PATH, Route, load_template
 
 VENV_BIN = Path(sys.executable).parent
@@ -484,3 +485,23 @@ def test_user_pool_mfa_and_threat_protection_are_parameters() -> None:
     assert pool["UserPoolAddOns"]["Fn::If"][0] == "IsPlusTier"
     assert pool["LambdaConfig"]["PreTokenGenerationConfig"]["LambdaVersion"] == "V2_0"
     assert pool["Policies"]["PasswordPolicy"]["MinimumLength"] >= 12
+
+
+def test_uploads_reach_the_ingest_queue_and_nothing_abandoned_stays() -> None:
+    # Given the bucket that upload sessions write into
+    bucket = TEMPLATE.resources["InstanceBucket"]["Properties"]
+    (notification,) = bucket["NotificationConfiguration"]["QueueConfigurations"]
+    rules = {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
+
+    # Then every object created under the session prefix goes to the ingest queue,
+    assert notification["Event"] == "s3:ObjectCreated:*"
+    assert notification["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": INGEST_PREFIX}]
+    assert notification["Queue"] == {"Fn::GetAtt": ["IngestQueue", "Arn"]}
+    # uploads and quarantined objects expire, and incomplete multipart uploads are aborted
+    assert rules["ExpireAbandonedUploads"]["Prefix"] == INGEST_PREFIX
+    assert rules["ExpireQuarantine"]["Prefix"] == QUARANTINE_PREFIX
+    assert rules["AbortIncompleteUploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
+    # and the ingest function reads the queue that has a dead-letter queue
+    events = TEMPLATE.resources["IngestFunction"]["Properties"]["Events"]
+    assert events["Queue"]["Properties"]["Queue"] == {"Fn::GetAtt": ["IngestQueue", "Arn"]}
+    assert "RedrivePolicy" in TEMPLATE.resources["IngestQueue"]["Properties"]
