@@ -570,7 +570,9 @@ def _http_response(result: Any) -> GatewayResponse:
         headers["set-cookie"] = "; ".join(result["cookies"])
     raw = str(result.get("body") or "")
     body = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode("utf-8")
-    headers.setdefault("content-type", "application/json")
+    # With a statusCode the function's headers are passed on as they are: API Gateway
+    # assumes application/json only for a result that is not in this shape (above). An
+    # empty 303 therefore has no Content-Type, which Orthanc's WADO-RS client requires.
     return GatewayResponse(int(result["statusCode"]), headers, body)
 
 
