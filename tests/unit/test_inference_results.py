@@ -323,3 +323,27 @@ def test_long_names_are_cut_to_fit_and_local_schemes_declared(
         "99ACME",
         "99SDW",
     ]
+
+
+def test_sources_without_type_2_patient_and_study_attributes_still_get_results(result: ModelResult) -> None:
+    # Given a series as real modalities send it: Type 2 attributes simply left out
+    sources = phantom.ct_series()
+    for ds in sources:
+        for keyword in (
+            "PatientBirthDate",
+            "PatientSex",
+            "AccessionNumber",
+            "StudyID",
+            "ReferringPhysicianName",
+        ):
+            if keyword in ds:
+                delattr(ds, keyword)
+
+    # When the results are built
+    built = build_results(sources, result, MODEL, series_version="3", created=CREATED)
+
+    # Then the SEG and SR carry those attributes empty (Type 2), and pass the STOW validator
+    assert [ds.Modality for ds in built] == ["SEG", "SR"]
+    for ds in built:
+        assert ds.PatientBirthDate == "" and ds.PatientSex == ""
+        read_instance(memoryview(part10(ds)), limits=Limits())

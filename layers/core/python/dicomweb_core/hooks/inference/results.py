@@ -91,6 +91,8 @@ def build_results(
     if result.mask is not None:
         result = replace(result, mask=result.mask[order])
     _single_value(datasets, "StudyInstanceUID")  # highdicom copies it from the source images
+    for ds in datasets:
+        _present_type_2(ds)
     series_uid = _single_value(datasets, "SeriesInstanceUID")
     when = created or dt.datetime.now(dt.UTC)
 
@@ -297,6 +299,29 @@ def _coded(code: Code) -> hd.sr.CodedConcept:
 
 def _lo(text: str) -> str:
     return text[:_MAX_LO]
+
+
+# Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1) that
+# highdicom reads from the source images. Senders often leave them out instead of sending
+# them empty; the results then carry them empty, as Type 2 allows.
+_TYPE_2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def _present_type_2(ds: Dataset) -> None:
+    """Give ``ds`` the Type 2 attributes highdicom copies, empty where the sender left them out."""
+    for keyword in _TYPE_2_COPIED:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
 
 
 def _single_value(datasets: Sequence[Dataset], keyword: str) -> str:
