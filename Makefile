@@ -11,7 +11,7 @@ LOAD ?=
 export PORT LOCAL_DIR AUTH LOAD
 export PYTHONPATH := layers/core/python:.
 
-.PHONY: serve test test-fast lint bench build validate clean
+.PHONY: serve upload test test-fast lint bench build validate clean
 
 $(STAMP): requirements/dev.txt layers/core/requirements.txt layers/imaging/requirements.txt layers/inference/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ $(STAMP): requirements/dev.txt layers/core/requirements.txt layers/imaging/requi
 
 serve: $(STAMP)
 	$(BIN)/python -m infra.local.serve
+
+# `make upload DIR=folder-or.zip [UPLOAD_ARGS="--url ... --token ..."]`: the folder uploader,
+# by default into the local stack (`make serve`) with its uploader token.
+upload: $(STAMP)
+	@test -n "$(DIR)" || { echo 'usage: make upload DIR=<folder or .zip> [UPLOAD_ARGS="--url URL ..."]'; exit 2; }
+	$(BIN)/python -m infra.upload $(DIR) $(UPLOAD_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

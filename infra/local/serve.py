@@ -38,12 +38,12 @@ from infra.local.auth import (
     write_tokens_file,
 )
 from infra.local.gateway import CorsPolicy, Gateway, LinkSigningKey, ObjectProxy, make_server
-from infra.local.loader import load_folder
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import ACCOUNT_ID, provision
 from infra.local.queues import QueuePoller
 from infra.local.workers import FunctionConfig, FunctionPool
 from infra.samtemplate import Template, load_template, object_routes
+from infra.upload.uploader import upload_folder
 
 REGION = "us-east-1"
 EVENT_LOG_QUEUE = "local-event-log"
@@ -376,8 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if options.load is not None:
-        report = load_folder(options.load, base_url=stack.base_url, token=stack.tokens["uploader"])
-        print(report.summary(), flush=True)
+        # The folder uploader's own path: STOW-RS batches, upload sessions for large files.
+        report = upload_folder(options.load, base_url=stack.base_url, token=stack.tokens["uploader"])
+        print(f"LOAD {options.load}:\n{report.summary()}", flush=True)
     stopped = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import boto3
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 180.0  # a loaded CI machine starts a runtime (12 worker pools) in up to ~45 s
 STOP_TIMEOUT_S = 60.0
 EVENT_TIMEOUT_S = 10.0
 REGION = "us-east-1"
@@ -197,9 +197,18 @@ class Runtime:
 
 
 def start_runtime(
-    local_dir: Path, port: int | None = None, *, persist: bool = True, parameters: str = ""
+    local_dir: Path,
+    port: int | None = None,
+    *,
+    persist: bool = True,
+    parameters: str = "",
+    cors_origins: Sequence[str] = (),
 ) -> Runtime:
-    """Start `python -m infra.local.serve` and wait until it has written runtime.json."""
+    """Start `python -m infra.local.serve` and wait until it has written runtime.json.
+
+    ``cors_origins``: the browser origins its CORS policy allows (CORS_ORIGINS), instead of
+    the runtime's defaults for local viewers.
+    """
     local_dir.mkdir(parents=True, exist_ok=True)
     runtime_file = local_dir / "runtime.json"
     runtime_file.unlink(missing_ok=True)  # a previous run's file must not count as "ready"
@@ -209,6 +218,8 @@ def start_runtime(
     env["PYTHONUNBUFFERED"] = "1"
     if parameters:
         env["PARAMETER_OVERRIDES"] = parameters
+    if cors_origins:
+        env["CORS_ORIGINS"] = ",".join(cors_origins)
     log = open(local_dir / LOG_NAME, "ab")  # noqa: SIM115 (closed by Runtime.stop)
     process = subprocess.Popen(
         [

@@ -20,7 +20,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-API_LIMIT_BYTES = 4 * 1024 * 1024  # raw bytes per STOW-RS request (loader.MAX_BATCH_BYTES)
+from infra.upload.batches import MAX_REQUEST_BYTES
+
+API_LIMIT_BYTES = MAX_REQUEST_BYTES  # raw bytes per STOW-RS request, as the uploader batches
 TIMEOUT_S = 60
 
 # Store Instances Response Module (PS3.18 Table 10.5.3-1) and its item attributes, as DICOM JSON keys.

@@ -1,8 +1,8 @@
 """Retrievals far above the Lambda response limit, with dicomweb-client and plain HTTP, through `make serve`.
 
 A 200 MB series (200 MR images of 1 MiB, stored through STOW-RS in batches) and a 100 MB
-multi-frame instance (stored with `python -m infra.local.ingest`, as no STOW-RS request
-can carry it). Once each series is stable, the bundle hook writes the pre-built bodies;
+multi-frame instance (stored through an upload session by the folder uploader, as no
+STOW-RS request can carry it). Once each series is stable, the bundle hook writes the pre-built bodies;
 WADO-RS then answers 303 to a presigned path on the API's own host, which dicomweb-client
 follows even though it pins its Host header. The runtime is this module's own (no
 snapshots, no de-identification), so its 600 MB of objects stay out of the shared one.
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,8 @@ from dicomweb_client import DICOMwebClient
 from pydicom.uid import MRImageStorage
 
 from infra.datasets.generate import make_dataset, new_uid, to_part10
-from tests.e2e.conftest import REPO_ROOT, Runtime, start_runtime
+from infra.upload.uploader import upload_folder
+from tests.e2e.conftest import Runtime, start_runtime
 from tests.e2e.helpers import stow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -113,7 +112,7 @@ def test_a_200_mb_series_with_dicomweb_client_and_plain_http(runtime: Runtime) -
 def test_a_100_mb_multiframe_instance_with_dicomweb_client_and_plain_http(
     runtime: Runtime, tmp_path: Path
 ) -> None:
-    # Given a 100 MB multi-frame instance, stored with the local large-file ingest
+    # Given a 100 MB multi-frame instance, stored through an upload session (presigned parts)
     study, series = new_uid(), new_uid()
     ds = make_dataset(
         study=study, series=series, modality="MR", sop_class=MRImageStorage, rows=1024, columns=1024
@@ -123,16 +122,8 @@ def test_a_100_mb_multiframe_instance_with_dicomweb_client_and_plain_http(
     data = to_part10(ds)
     path = tmp_path / "large.dcm"
     path.write_bytes(data)
-    ingest = subprocess.run(
-        [sys.executable, "-m", "infra.local.ingest", str(path), "--local-dir", str(runtime.local_dir)],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(["layers/core/python", "."])},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    report = upload_folder(tmp_path, base_url=runtime.base_url, token=runtime.tokens["uploader"])
+    assert report.exit_code == 0 and report.sessions == 1, report.summary()
     instance_path = f"/studies/{study}/series/{series}/instances/{ds.SOPInstanceUID}"
 
     # When its series is stable and the bundles are built
