@@ -61,6 +61,12 @@ class _Context:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+# Lambda gives a function's init phase 10 s. Locally a dozen pools start at once, beside
+# whatever else the machine runs (CI, a loaded laptop), and importing numpy and pydicom has
+# taken longer than that: an init time limit here would only make the runtime flaky.
+LOCAL_INIT_TIMEOUT_S = 60.0
+
+
 def _worker_main(config: FunctionConfig, connection: Connection) -> None:
     """The body of a worker process: import the handler once, then serve invocations."""
     os.environ.update(config.environment)
@@ -73,8 +79,13 @@ def _worker_main(config: FunctionConfig, connection: Connection) -> None:
     sys.path.insert(0, str(config.code_dir))
     module_name, function_name = config.handler.rsplit(".", 1)
     try:
+        # Opt-in (COUNT_BACKEND_CALLS, set by `make bench`): count the AWS calls of each
+        # invocation; installed before the import so the handler's clients are counted too.
+        recorder = _backend_call_recorder(config.name)
         module = __import__(module_name)
         handler = getattr(module, function_name)
+        if recorder is not None:
+            handler = recorder.wrap(handler)
         connection.send(("ready", None))
     except BaseException:
         connection.send(("init_error", traceback.format_exc()))
@@ -89,6 +100,15 @@ def _worker_main(config: FunctionConfig, connection: Connection) -> None:
             connection.send(("ok", handler(event, context)))
         except BaseException:
             connection.send(("error", traceback.format_exc()))
+
+
+def _backend_call_recorder(function: str) -> Any:
+    """infra.accounting's per-invocation recorder when COUNT_BACKEND_CALLS is set, else None."""
+    if not os.environ.get("COUNT_BACKEND_CALLS"):
+        return None
+    from infra.accounting.invocations import recorder_from_environment  # noqa: PLC0415
+
+    return recorder_from_environment(function)
 
 
 class _Environment:
@@ -134,7 +154,11 @@ class FunctionPool:
     """Up to ``max_concurrency`` environments of one function, reused while warm."""
 
     def __init__(
-        self, config: FunctionConfig, *, max_concurrency: int = 4, init_timeout: float = 10.0
+        self,
+        config: FunctionConfig,
+        *,
+        max_concurrency: int = 4,
+        init_timeout: float = LOCAL_INIT_TIMEOUT_S,
     ) -> None:
         self.config = config
         self.init_timeout = init_timeout
