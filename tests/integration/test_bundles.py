@@ -214,8 +214,13 @@ def test_default_syntax_bundles_are_added_only_when_some_instance_differs() -> N
 
 
 def test_the_template_serves_presigned_paths_on_the_api_host() -> None:
-    routes = {route.path_pattern: route.bucket for route in object_routes(load_template())}
-    assert routes == {"/studies/*.dcm": "InstanceBucket", "/bundles/*": "InstanceBucket"}
+    routes = {route.path_pattern: (route.bucket, route.methods) for route in object_routes(load_template())}
+    read = frozenset({"GET", "HEAD"})
+    assert routes["/studies/*.dcm"] == ("InstanceBucket", read)
+    assert routes["/bundles/*"] == ("InstanceBucket", read)
+    # and upload sessions' presigned PUTs (docs/upload-sessions.md) on the same host
+    assert routes["/ingest/*"][0] == "InstanceBucket" and "PUT" in routes["/ingest/*"][1]
+    assert set(routes) == {"/studies/*.dcm", "/bundles/*", "/ingest/*"}
 
 
 def test_a_new_series_version_replaces_the_old_bundles(env: Env) -> None:

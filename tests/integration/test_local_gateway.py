@@ -77,7 +77,9 @@ def edge() -> Iterator[Edge]:
     s3.put_object(Bucket=RESEARCH, Key=INSTANCE, Body=RESEARCH_BYTES)
     key = LinkSigningKey.generate(REGION)
     proxy = ObjectProxy(
-        [(route.pattern, INSTANCES, route.methods) for route in object_routes(load_template())], moto_url, key=key
+        [(route.pattern, INSTANCES, route.methods) for route in object_routes(load_template())],
+        moto_url,
+        key=key,
     )
     gateway = Gateway(
         routes=load_template().routes(),

@@ -29,8 +29,8 @@ CFN_LINT_ERROR_BITS = 1 | 2
 READ_ONLY_VERBS = ("Get", "List", "Describe", "BatchGet", "Query", "Scan", "Head")
 LAYER_CONTENTS = {
     "CoreLayer": ("dicomweb_core/__init__.py", "pydicom", "pynamodb", "aws_lambda_powertools"),
-    "ImagingLayer": ("numpy", "pylibjpeg", "openjpeg", "libjpeg", "rle"),
-    "InferenceLayer": ("highdicom", "scipy", "PIL"),
+    "ImagingLayer": ("numpy", "pylibjpeg", "openjpeg", "libjpeg", "rle", "PIL"),
+    "InferenceLayer": ("highdicom", "scipy"),
 }
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024  # function code and all its layers, unzipped
 LAMBDA_SIZE_MARGIN = 20 * 1024 * 1024  # room for dependency upgrades before the limit bites

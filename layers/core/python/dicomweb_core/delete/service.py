@@ -43,7 +43,12 @@ from dicomweb_core.index import keys
 from dicomweb_core.index.models import DeletedStudyItem, IndexItem, InstanceItem, SopItem, StudyItem, study_pk
 from dicomweb_core.index.reader import tombstone as _tombstone
 
-_OBJECT_PREFIXES = ("studies/{study}/", "cache/metadata/{study}/", "bundles/{study}/")
+_OBJECT_PREFIXES = (
+    "studies/{study}/",
+    "cache/metadata/{study}/",
+    "cache/thumbnails/{study}/",
+    "bundles/{study}/",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,18 @@
-"""Decompression for WADO-RS when a client asks for uncompressed data (PS3.18 §8.7.3).
+"""Decoding pixel data with the imaging layer's codecs: for WADO-RS when a client asks for
+uncompressed data (PS3.18 §8.7.3), and for rendering (§10.4.1.1.3).
 
 The codecs (numpy and the pylibjpeg plugins, through pydicom's decoders) live in the
 imaging layer; when they are missing, :func:`can_decode` is False and negotiation
 answers 406 instead of failing later. When they are present but cannot decode a given
 codestream (a 12-bit lossy JPEG the plugins do not support, a damaged codestream),
-:class:`CannotDecode` is raised, which the retrieve service answers with 406 too.
+:class:`CannotDecode` is raised, which the retrieve and render services answer with 406 too.
 
 Decoded pixels are what pydicom's own ``pixel_array(ds, raw=True)`` gives for the same
 data, byte for byte: the frame decoder goes through the same array path, which also
 applies pydicom's corrections (a JPEG 2000 codestream whose signedness disagrees with
-Pixel Representation, JPEG-LS signed data, unused high bits).
+Pixel Representation, JPEG-LS signed data, unused high bits). For display,
+:func:`frame_array` gives what ``pixel_array(ds, index=...)`` gives (YBR as RGB), with
+pydicom's description of the array.
 """
 
 from __future__ import annotations
@@ -139,3 +142,65 @@ def decode_frame(codestream: bytes, transfer_syntax_uid: str, metadata: dict[str
 def _reason(error: Exception) -> str:
     """The error's message on one line (pydicom lists each plugin's failure on its own line)."""
     return " ".join(str(error).split()) or type(error).__name__
+
+
+# ------------------------------------------------------------------- frames as arrays (rendering)
+# The Image Pixel module attributes a decoder reads (keyword → decoder option).
+_PIXEL_KEYWORDS = {
+    "Rows": "rows",
+    "Columns": "columns",
+    "SamplesPerPixel": "samples_per_pixel",
+    "BitsAllocated": "bits_allocated",
+    "BitsStored": "bits_stored",
+    "PixelRepresentation": "pixel_representation",
+    "PhotometricInterpretation": "photometric_interpretation",
+    "PlanarConfiguration": "planar_configuration",
+}
+
+
+def pixel_options(dataset: Dataset) -> dict[str, Any]:
+    """The decoder options of one frame, from a data set's Image Pixel module (PS3.3 C.7.6.3)."""
+    options: dict[str, Any] = {"number_of_frames": 1, "pixel_keyword": "PixelData"}
+    for keyword, option in _PIXEL_KEYWORDS.items():
+        value = dataset.get(keyword)
+        if value is not None:
+            options[option] = value
+    return options
+
+
+def frame_array(frame: bytes, transfer_syntax_uid: str, dataset: Dataset) -> tuple[Any, dict[str, Any]]:
+    """One frame as an array for display, with the pixel description of that array.
+
+    ``frame`` is one frame as stored: native little-endian pixel bytes, or a compressed
+    frame's codestream, which is decoded from itself alone. The array is what
+    ``pixel_array(ds, index=...)`` gives: YBR colour converted to RGB, multi-sample
+    pixels interleaved, signedness and unused bits corrected; the description (pydicom's
+    ``pixel_properties``) says which photometric interpretation it is in. Raises
+    :class:`CannotDecode` when the codecs cannot decode it.
+    """
+    from pydicom.pixels.decoders.base import get_decoder  # noqa: PLC0415 (needs the imaging layer)
+
+    syntax = UID(transfer_syntax_uid)
+    try:
+        if syntax.is_compressed:
+            # The decoder reads encapsulated pixel data: wrap the codestream as one fragment.
+            return get_decoder(syntax).as_array(encapsulate([frame]), index=0, **pixel_options(dataset))
+        return get_decoder(ExplicitVRLittleEndian).as_array(frame, index=0, **pixel_options(dataset))
+    except MemoryError:
+        raise
+    except Exception as error:  # pydicom and the plugins raise RuntimeError, ValueError, ...
+        raise CannotDecode(_reason(error)) from error
+
+
+def dataset_frame_array(dataset: Dataset, index: int) -> tuple[Any, dict[str, Any]]:
+    """Frame ``index`` (0-based) of a whole parsed instance, as :func:`frame_array` gives it:
+    for instances without a frame index (deflated, big endian, bit-packed, unassignable
+    fragments). Raises :class:`CannotDecode` when the codecs cannot decode it."""
+    from pydicom.pixels.decoders.base import get_decoder  # noqa: PLC0415 (needs the imaging layer)
+
+    try:
+        return get_decoder(dataset.file_meta.TransferSyntaxUID).as_array(dataset, index=index)
+    except MemoryError:
+        raise
+    except Exception as error:  # pydicom and the plugins raise RuntimeError, ValueError, ...
+        raise CannotDecode(_reason(error)) from error

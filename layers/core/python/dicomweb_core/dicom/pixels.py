@@ -1,25 +1,37 @@
-"""Pixel data and other bulk data of stored instances: what retrieval and the hooks send.
+"""Pixel data and other bulk data of stored instances: the one module that reads and decodes them.
 
-One module for reading frames by byte range, decompressing them, and re-encoding or
-decompressing whole instances, shared by the retrieve service (PS3.18 §10.4.1.1.1 and
-§10.4.1.1.4: instances and frames in the transfer syntax negotiated under §8.7.3), the
-bulk data resource (§10.4.1.1.5) and the bundle hook, which pre-builds the answers too
-large for one response. It works on any indexed instance (:class:`StoredInstance`) read
-through an :class:`~dicomweb_core.storage.ObjectReader`; it knows nothing of requests.
+Retrieval (PS3.18 §10.4.1.1.1 and §10.4.1.1.4: instances and frames in the transfer syntax
+negotiated under §8.7.3), the bulk data resource (§10.4.1.1.5), the bundle hook (which
+pre-builds the answers too large for one response) and the render service (rendered
+images and thumbnails, §10.4.1.1.3, §10.4.4) all read pixels through here:
 
-A pixel data the codecs cannot decode raises :class:`~dicomweb_core.dicom.codecs.CannotDecode`
-(logged here); the caller decides what that means (406 for a request, a skipped frame for
-the hook).
+- :class:`InstancePixels`, one instance's frames: as stored, by byte range from the frame
+  index recorded at ingest (frames close together share one ranged GET), else from the
+  whole object; decompressed to native bytes (WADO's default Accept, the hook's large
+  frames); or decoded to arrays with the attributes that describe them (rendering). A
+  compressed frame is decoded from its own fragments alone, so a frame of a multi-frame
+  instance costs about that frame's bytes, whatever the number of frames;
+- :func:`instance_in_syntax`, whole instances as stored, re-encoded between the native
+  syntaxes, or decompressed;
+- :func:`element_value`, one bulk data value.
+
+It works on any indexed instance (:class:`StoredInstance`) read through an
+:class:`~dicomweb_core.storage.ObjectReader`; it knows nothing of requests. A pixel data
+the codecs cannot decode raises :class:`~dicomweb_core.dicom.codecs.CannotDecode` (logged
+here); the caller decides what that means (406 for a request, a skipped frame for the hook).
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property, partial
+from typing import Any, Protocol, TypeVar
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -31,6 +43,7 @@ from dicomweb_core.storage import ObjectReader, metadata_key
 
 # The native syntaxes re-encoded into each other without a codec (PS3.5 §A.1, §A.2).
 UNCOMPRESSED = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+T = TypeVar("T")
 
 
 class StoredInstance(Protocol):
@@ -55,12 +68,6 @@ def metadata_of(reader: ObjectReader, item: StoredInstance) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------- frames by range
-def read_frame(reader: ObjectReader, item: StoredInstance, fragments: Sequence[tuple[int, int]]) -> bytes:
-    """One frame: one ranged GET from its first fragment to its last, item headers sliced out."""
-    (frame,) = read_frames(reader, item, [fragments])
-    return frame
-
-
 def read_frames(
     reader: ObjectReader, item: StoredInstance, frames: Sequence[Sequence[tuple[int, int]]]
 ) -> list[bytes]:
@@ -77,16 +84,25 @@ def read_frames(
     return found
 
 
-def frames_from_object(data: bytes, numbers: list[int]) -> list[bytes]:
+class NoPixelData(NotFound):
+    """The instance has no pixel data (a report, a presentation state, an encapsulated document)."""
+
+    default_message = "The instance has no pixel data."
+
+
+class UndecodableFrame(codecs.CannotDecode):
+    """Frame ``number`` of a list could not be decoded (the reason is the message)."""
+
+    def __init__(self, number: int, reason: str) -> None:
+        super().__init__(reason)
+        self.number = number
+
+
+def frames_from_object(data: bytes, numbers: Sequence[int]) -> list[bytes]:
     """Frames ``numbers`` of an instance without a frame index: the whole object parsed
     (the fallback of PS3.18 §10.4.1.1.4 retrieval); a number past the last frame is 400."""
-    dataset = pydicom.dcmread(io.BytesIO(data))
-    if "PixelData" not in dataset:
-        raise NotFound("The instance has no pixel data.")
-    count = int(dataset.get("NumberOfFrames") or 1)
-    for number in numbers:
-        if number > count:
-            raise BadRequest(f"Frame {number} does not exist: the instance has {count} frame(s).")
+    dataset = _parse(data)
+    count = _frame_count(dataset, numbers)
     if dataset.file_meta.TransferSyntaxUID.is_compressed:
         frames = list(generate_frames(dataset.PixelData, number_of_frames=count))
     else:
@@ -95,39 +111,145 @@ def frames_from_object(data: bytes, numbers: list[int]) -> list[bytes]:
     return [frames[n - 1] for n in numbers]
 
 
-class StoredFrameDecoder:
-    """Decompresses single frames read by range (the bundle hook's large frames).
+def _parse(data: bytes) -> Dataset:
+    """A whole instance parsed; one without pixel data is :class:`NoPixelData` (404)."""
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    if "PixelData" not in dataset:
+        raise NoPixelData()
+    return dataset
 
-    The hook asks for an instance's decoded size and then for each of its frames: the
-    instance's metadata document (the pixel description) and frame index are read once."""
 
-    def __init__(self, reader: ObjectReader) -> None:
+def _frame_count(dataset: Dataset, numbers: Sequence[int]) -> int:
+    """The instance's number of frames, after checking that ``numbers`` are among them."""
+    count = int(dataset.get("NumberOfFrames") or 1)
+    _check_numbers(numbers, count)
+    return count
+
+
+def _check_numbers(numbers: Sequence[int], count: int) -> None:
+    """A frame number past the last frame is 400, with the number of frames."""
+    for number in numbers:
+        if number > count:
+            raise BadRequest(f"Frame {number} does not exist: the instance has {count} frame(s).")
+
+
+@dataclass(frozen=True, slots=True)
+class FrameImage:
+    """One frame decoded for display, with what describes it.
+
+    ``array`` is what ``pixel_array(ds, index=...)`` gives (YBR as RGB, samples
+    interleaved, signedness corrected); ``properties`` is pydicom's description of that
+    array (its photometric interpretation, bits, samples); ``dataset`` holds the
+    instance's attributes without its pixel data (the LUTs, windows, functional groups)."""
+
+    number: int
+    array: Any  # numpy.ndarray (numpy is in the imaging layer)
+    properties: dict[str, Any]
+    dataset: Dataset
+
+
+class InstancePixels:
+    """The frames of one stored instance, read as little as each use needs.
+
+    The frame index recorded at ingest (``frames.FrameIndex``) gives each frame's byte
+    ranges, so frames are read by range, several close together in one GET
+    (``frames.coalesce_reads``). An instance without one (deflated, big endian,
+    bit-packed, unassignable fragments) is read whole. The instance's metadata document
+    is read once, when decompression needs its pixel description.
+    """
+
+    # Frames decoded to arrays per batch of reads: memory stays near this many frames.
+    IMAGE_BATCH = 16
+
+    def __init__(self, reader: ObjectReader, item: StoredInstance) -> None:
         self.reader = reader
-        self._current: tuple[str, dict[str, Any], FrameIndex | None] | None = None
+        self.item = item
+        self.index = FrameIndex.from_document(item.frame_index)
 
-    def _described(self, item: StoredInstance) -> tuple[dict[str, Any], FrameIndex | None]:
-        if self._current is None or self._current[0] != item.sop_uid:
-            self._current = (
-                item.sop_uid,
-                metadata_of(self.reader, item),
-                FrameIndex.from_document(item.frame_index),
-            )
-        return self._current[1], self._current[2]
+    @cached_property
+    def metadata(self) -> dict[str, Any]:
+        """The instance's metadata document (DICOM JSON, built at ingest)."""
+        return metadata_of(self.reader, self.item)
 
-    def decoded_size(self, item: StoredInstance) -> int:
-        """Bytes of one decompressed frame of the instance (0 when unknown)."""
-        return codecs.decoded_frame_length(self._described(item)[0])
+    def _whole(self) -> bytes:
+        return self.reader.read(self.item.s3_key, version_id=self.item.s3_version_id)
 
-    def decode(self, item: StoredInstance, number: int) -> bytes | None:
-        """Frame ``number`` decompressed, or None when the codecs cannot decode it."""
-        metadata, index = self._described(item)
-        assert index is not None
-        codestream = read_frame(self.reader, item, index.frames[number - 1])
+    # ------------------------------------------------------------------ as stored
+    def stored(self, numbers: Sequence[int]) -> list[bytes]:
+        """Frames ``numbers`` as stored: by range from the frame index, else from the whole
+        object; a number past the last frame is 400."""
+        if self.index is None:
+            return frames_from_object(self._whole(), numbers)
+        _check_numbers(numbers, len(self.index))
+        return read_frames(self.reader, self.item, [self.index.frames[n - 1] for n in numbers])
+
+    # ------------------------------------------------------------------ decompressed
+    def decoded_size(self) -> int:
+        """Bytes of one decompressed frame (as :meth:`decoded` gives it), 0 when unknown."""
+        return codecs.decoded_frame_length(self.metadata)
+
+    def decoded(self, numbers: Sequence[int], frames: Sequence[bytes]) -> list[bytes]:
+        """The compressed ``frames`` (numbered ``numbers``) as native pixel bytes, what
+        ``pixel_array(ds, index=..., raw=True)`` holds. Raises :class:`UndecodableFrame`
+        naming the first frame the codecs cannot decode."""
+        stored = self.item.transfer_syntax_uid
+        return [
+            self._guarded(number, partial(codecs.decode_frame, frame, stored, self.metadata))
+            for number, frame in zip(numbers, frames, strict=True)
+        ]
+
+    # ------------------------------------------------------------------ for display
+    def images(self, numbers: Sequence[int]) -> Iterator[FrameImage]:
+        """Frames ``numbers`` decoded for display, in the order given (see :class:`FrameImage`).
+
+        With a frame index, the attributes before the pixel data are read by range (in the
+        same GET as the first frames when they are close) and each frame from its own
+        bytes; batches of frames are read and decoded in turn. A number past the last
+        frame is 400; an instance without pixel data is :class:`NoPixelData`; a frame the
+        codecs cannot decode raises :class:`UndecodableFrame`.
+        """
+        if self.index is None:
+            dataset = _parse(self._whole())
+            _frame_count(dataset, numbers)
+            for number in numbers:
+                decoded = self._guarded(number, partial(codecs.dataset_frame_array, dataset, number - 1))
+                yield FrameImage(number, *decoded, dataset)
+            return
+        index = self.index
+        _check_numbers(numbers, len(index))
+        header_span: tuple[tuple[int, int], ...] = ((0, index.frames[0][0][0]),)
+        header: Dataset | None = None
+        for start in range(0, len(numbers), self.IMAGE_BATCH):
+            batch = numbers[start : start + self.IMAGE_BATCH]
+            wanted = [index.frames[n - 1] for n in batch]
+            if header is None:  # the attributes ride along with the first frames when near
+                raw_header, *frames = read_frames(self.reader, self.item, [header_span, *wanted])
+                header = self._guarded(batch[0], partial(_parse_header, raw_header))
+            else:
+                frames = read_frames(self.reader, self.item, wanted)
+            syntax = self.item.transfer_syntax_uid
+            for number, frame in zip(batch, frames, strict=True):
+                decoded = self._guarded(number, partial(codecs.frame_array, frame, syntax, header))
+                yield FrameImage(number, *decoded, header)
+
+    def _guarded(self, number: int, decode: Callable[[], T]) -> T:
+        """``decode()`` for frame ``number``; a frame the codecs cannot decode is logged and
+        raised as :class:`UndecodableFrame`."""
+        syntax = self.item.transfer_syntax_uid
         try:
-            return codecs.decode_frame(codestream, item.transfer_syntax_uid, metadata)
-        except codecs.CannotDecode:
-            logger.warning("a large frame cannot be decoded", extra={"frame": number})
-            return None
+            return decode()
+        except codecs.CannotDecode as error:
+            details = {"transfer_syntax": syntax, "frame": number, "reason": str(error)}
+            logger.warning("frame cannot be decoded", extra=details)
+            raise UndecodableFrame(number, str(error)) from error
+
+
+def _parse_header(data: bytes) -> Dataset:
+    """The attributes before the pixel data, read by range; unreadable ones are :class:`CannotDecode`."""
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception as error:  # pydicom raises InvalidDicomError, ValueError, EOFError, ...
+        raise codecs.CannotDecode(f"the attributes before the pixel data cannot be read: {error}") from error
 
 
 # ------------------------------------------------------------------- whole instances

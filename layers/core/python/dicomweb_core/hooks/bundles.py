@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dicomweb_core.dicom.frames import FrameIndex
-from dicomweb_core.dicom.pixels import StoredFrameDecoder, instance_in_syntax
+from dicomweb_core.dicom.codecs import CannotDecode
+from dicomweb_core.dicom.pixels import InstancePixels, instance_in_syntax
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.reader import instances_of
 from dicomweb_core.index.versions import at_version, record_version
@@ -195,7 +195,6 @@ class BundleBuilder:
 
     def __init__(self, composer: BundleComposer) -> None:
         self.composer = composer
-        self.frames = StoredFrameDecoder(composer.reader)
 
     def convert(self, item: InstanceItem, syntax: str) -> bytes:
         """The instance's Part 10 bytes in ``syntax`` (a UID other than its stored one)."""
@@ -258,12 +257,13 @@ class BundleBuilder:
 
     def _write_large_frames(self, item: InstanceItem, version: str) -> int:
         """Frames over the limit (as stored; and decompressed, for compressed pixel data)."""
-        index = FrameIndex.from_document(item.frame_index)
+        source = InstancePixels(self.composer.reader, item)
+        index = source.index
         if index is None:
             return 0
         written = 0
         key = functools.partial(bundle_key, version, study=item.study_uid, series=item.series_uid)
-        decoded_size = self.frames.decoded_size(item) if index.encapsulated else 0
+        decoded_size = source.decoded_size() if index.encapsulated else 0
         for number in range(1, len(index) + 1):
             size = index.frame_size(number)
             if size > RESPONSE_LIMIT:
@@ -276,13 +276,15 @@ class BundleBuilder:
                 self.composer.compose(target, segments, content_type=content_type)
                 written += 1
             if decoded_size > RESPONSE_LIMIT:
-                decoded = self.frames.decode(item, number)
-                if decoded is not None:
-                    syntax = media.EXPLICIT_VR_LITTLE_ENDIAN
-                    segments, content_type = frame_segments(syntax, [decoded], len(decoded))
-                    target = key(syntax, instance=item.sop_uid, frame=number)
-                    self.composer.compose(target, segments, content_type=content_type)
-                    written += 1
+                try:
+                    (decoded,) = source.decoded([number], source.stored([number]))
+                except CannotDecode:  # logged by the pixel code; the frame stays 406 uncompressed
+                    continue
+                syntax = media.EXPLICIT_VR_LITTLE_ENDIAN
+                segments, content_type = frame_segments(syntax, [decoded], len(decoded))
+                target = key(syntax, instance=item.sop_uid, frame=number)
+                self.composer.compose(target, segments, content_type=content_type)
+                written += 1
         return written
 
     def _write(self, items: Sequence[InstanceItem], syntax: str, key: str) -> None:

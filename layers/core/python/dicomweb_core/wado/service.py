@@ -17,17 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from dicomweb_core.config import Settings
 from dicomweb_core.dicom import codecs, pixels
 from dicomweb_core.dicom.frames import FrameIndex
 from dicomweb_core.dicom.metadata import render
 from dicomweb_core.dicom.native_xml import to_xml
-from dicomweb_core.errors import BadRequest, NotAcceptable, PayloadTooLarge
+from dicomweb_core.errors import NotAcceptable, PayloadTooLarge
 from dicomweb_core.index.models import InstanceItem, SeriesItem
 from dicomweb_core.index.reader import instances_of, missing, series_item, series_of
-from dicomweb_core.observability import MetricUnit, logger, metrics
+from dicomweb_core.observability import MetricUnit, metrics
 from dicomweb_core.storage import ObjectReader, metadata_key
 from dicomweb_core.wado import media, prebuilt
 from dicomweb_core.wado.limits import FEWER_FRAMES, check_decoded_fit, check_frames_fit
@@ -184,7 +183,8 @@ class RetrieveService:
         etag = hashlib.sha256(f"{item.sha256}/{uri.path}/{actual}".encode()).hexdigest()[:32]
         if etag_matches(request.if_none_match, etag):
             return not_modified(etag)
-        index = FrameIndex.from_document(item.frame_index)
+        source = pixels.InstancePixels(self.reader, item)
+        index = source.index
         numbers = list(uri.frames)
         distinct = list(dict.fromkeys(numbers))  # each frame once, in first-listed order
         part_type = (
@@ -193,7 +193,7 @@ class RetrieveService:
             else media.PIXEL_MEDIA_TYPES.get(actual, media.OCTET_STREAM)
         )
         decompress = actual != stored and stored not in pixels.UNCOMPRESSED
-        metadata = pixels.metadata_of(self.reader, item) if decompress else None
+        metadata = source.metadata if decompress else None
         if len(numbers) == 1 and index is not None and numbers[0] <= len(index):
             size = (
                 codecs.decoded_frame_length(metadata)
@@ -204,9 +204,12 @@ class RetrieveService:
                 return self.large.frame(uri, item, numbers[0], size, actual=actual, part_type=part_type)
         if index is not None and max(distinct) <= len(index):
             check_frames_fit(index, numbers, metadata)
-        frames = self._frame_bytes(item, index, distinct)
+        frames = source.stored(distinct)
         if metadata is not None:
-            frames = self._decoded_frames(item, distinct, frames, metadata, parts=len(numbers))
+            # The decoded size is known from the metadata, so an answer that could not be
+            # sent is refused (413) before anything is decoded.
+            check_decoded_fit(metadata, len(numbers), largest_stored=max(len(f) for f in frames))
+            frames = _decompressed(source, distinct, frames)
         by_number = dict(zip(distinct, frames, strict=True))
         parts = [
             (
@@ -224,53 +227,6 @@ class RetrieveService:
             raise PayloadTooLarge(FEWER_FRAMES)
         body, boundary = encode_multipart(parts)
         return ok_reply(body, multipart_content_type(boundary, part_type), cache=IMMUTABLE, etag=etag)
-
-    def _decoded_frames(
-        self,
-        item: InstanceItem,
-        numbers: list[int],
-        frames: list[bytes],
-        metadata: dict[str, Any],
-        *,
-        parts: int,
-    ) -> list[bytes]:
-        """The compressed ``frames`` decompressed to native pixel bytes (the default Accept).
-
-        The decoded size is known from the metadata, so an answer of ``parts`` frames that
-        could not be sent is refused (413) before anything is decoded; a frame the codecs
-        cannot decode is 406.
-        """
-        stored = item.transfer_syntax_uid
-        check_decoded_fit(metadata, parts, largest_stored=max(len(f) for f in frames))
-        decoded = []
-        for number, frame in zip(numbers, frames, strict=True):
-            try:
-                decoded.append(codecs.decode_frame(frame, stored, metadata))
-            except codecs.CannotDecode as error:
-                logger.warning(
-                    "frame cannot be decoded",
-                    extra={"transfer_syntax": stored, "frame": number, "reason": str(error)},
-                )
-                raise NotAcceptable(
-                    f"Frame {number} cannot be decompressed: the server's codecs cannot decode this "
-                    f"instance's {pixels.syntax_name(stored)} pixel data. Available: the frames as stored, "
-                    'with Accept: multipart/related; type="application/octet-stream"; transfer-syntax=* '
-                    f'(or type="{media.PIXEL_MEDIA_TYPES.get(stored, media.OCTET_STREAM)}"; '
-                    f"transfer-syntax={stored}), to decode in the client."
-                ) from error
-        return decoded
-
-    def _frame_bytes(self, item: InstanceItem, index: FrameIndex | None, numbers: list[int]) -> list[bytes]:
-        """Frames ``numbers`` as stored: by range from the frame index, else from the whole
-        object; a number past the last frame is 400."""
-        if index is None:
-            return pixels.frames_from_object(
-                self.reader.read(item.s3_key, version_id=item.s3_version_id), numbers
-            )
-        for number in numbers:
-            if number > len(index):
-                raise BadRequest(f"Frame {number} does not exist: the instance has {len(index)} frame(s).")
-        return pixels.read_frames(self.reader, item, [index.frames[n - 1] for n in numbers])
 
     # ------------------------------------------------------------------ bulk data
     def bulkdata(self, request: Request, element_path: str) -> Reply:
@@ -315,6 +271,22 @@ class RetrieveService:
         return ok_reply(
             body, multipart_content_type(boundary, media.OCTET_STREAM), cache=IMMUTABLE, etag=item.sha256
         )
+
+
+def _decompressed(source: pixels.InstancePixels, numbers: list[int], frames: list[bytes]) -> list[bytes]:
+    """Compressed ``frames`` as native pixel bytes (the default Accept); a frame the codecs
+    cannot decode is 406 with the Accept that gets it as stored."""
+    try:
+        return source.decoded(numbers, frames)
+    except pixels.UndecodableFrame as error:
+        stored = source.item.transfer_syntax_uid
+        raise NotAcceptable(
+            f"Frame {error.number} cannot be decompressed: the server's codecs cannot decode this "
+            f"instance's {pixels.syntax_name(stored)} pixel data. Available: the frames as stored, "
+            'with Accept: multipart/related; type="application/octet-stream"; transfer-syntax=* '
+            f'(or type="{media.PIXEL_MEDIA_TYPES.get(stored, media.OCTET_STREAM)}"; '
+            f"transfer-syntax={stored}), to decode in the client."
+        ) from error
 
 
 def _actual(choice: media.Choice, item: InstanceItem) -> str:
