@@ -81,7 +81,7 @@ def _server(store: Store, resource: str, raw_query: str) -> tuple[list[str], boo
     level, study, series = _resource(store, resource)
     query = parse_query(LEVELS[level], store.resolve(raw_query), study=study, series=series)
     found = search(query)
-    return [_uid(i) for i in found.matches], found.more, found.matches
+    return [_uid(i) for i in found.matches], found.more, list(zip(found.matches, found.views, strict=True))
 
 
 # (resource, query): every query adds limit=1000 unless it sets a limit itself.
@@ -314,9 +314,9 @@ def test_study_rows_carry_the_aggregates(store: Store) -> None:
     # Given every study
     _, _, items = _server(store, "/studies", "limit=1000")
     assert len(items) == len(store.oracle.studies)
-    for item in items:
+    for item, merged in items:
         # When it is rendered as a result
-        row = result(item, base_url=BASE_URL)
+        row = result(item, merged, base_url=BASE_URL)
         uid = row["0020000D"]["Value"][0]
         # Then ModalitiesInStudy and the counts are the oracle's
         assert row["00080061"]["Value"] == sorted(store.oracle.modalities[uid])
@@ -329,9 +329,9 @@ def test_series_rows_carry_the_instance_count(store: Store) -> None:
     # Given every series
     _, _, items = _server(store, "/series", f"{ALL_MODALITIES}&limit=1000")
     assert len(items) == len(store.oracle.series)
-    for item in items:
+    for item, merged in items:
         # When it is rendered as a result
-        row = result(item, base_url=BASE_URL)
+        row = result(item, merged, base_url=BASE_URL)
         uid = row["0020000E"]["Value"][0]
         # Then NumberOfSeriesRelatedInstances is the oracle's, and the study's attributes are there
         assert row["00201209"]["Value"] == [store.oracle.series_instances[uid]]

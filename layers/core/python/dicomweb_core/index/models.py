@@ -137,7 +137,6 @@ class SeriesItem(IndexItem, discriminator="series"):
     series_uid = UnicodeAttribute()
     modality = UnicodeAttribute(null=True)
     dicom_json = UnicodeAttribute()  # series-level attributes
-    study_json = UnicodeAttribute(null=True)  # the study's attributes when the series was created
     sort_key = UnicodeAttribute(null=True)
     instance_count = NumberAttribute(default=0)  # NumberOfSeriesRelatedInstances
     stable_version = UnicodeAttribute(null=True)  # the version last announced as SeriesStable
@@ -159,9 +158,9 @@ class InstanceItem(IndexItem, discriminator="instance"):
     sop_uid = UnicodeAttribute()
     sop_class_uid = UnicodeAttribute()
     transfer_syntax_uid = UnicodeAttribute()
-    dicom_json = UnicodeAttribute()  # instance-level attributes
-    study_json = UnicodeAttribute(null=True)
-    series_json = UnicodeAttribute(null=True)
+    # instance-level attributes; the study's and series' are their items' (no copies: QIDO
+    # reads the parents once per search, docs/index-design.md)
+    dicom_json = UnicodeAttribute()
     sort_key = UnicodeAttribute(null=True)
     s3_key = UnicodeAttribute()
     s3_version_id = UnicodeAttribute(null=True)

@@ -250,14 +250,23 @@ class IndexWriter:
                 if current is not None and current.stored.key == stored.key:
                     return  # our own earlier attempt committed
                 # DynamoDB's order: condition checks, then updates in the order written.
-                if _condition_failed(exc, index=0) or _condition_failed(exc, index=3):
-                    raise StudyDeleted() from None
                 if _condition_failed(exc, index=1):
                     raise ConcurrentlyReplaced() from None
-                if _condition_failed(exc, index=2):
-                    raise AttributesChanged() from None
+                if any(_condition_failed(exc, index=i) for i in (0, 2, 3)):
+                    # The study or series is gone or being deleted, or its attributes differ.
+                    if self._study_still_open(instance.study_instance_uid, deletions):
+                        raise AttributesChanged() from None
+                    raise StudyDeleted() from None
                 raise
         raise IndexContention(f"could not replace {instance.sop_instance_uid} after {MAX_ATTEMPTS} attempts")
+
+    def _study_still_open(self, study_uid: str, deletions: int) -> bool:
+        """Is the study there, with no DELETE under way or begun since ``deletions`` was read?"""
+        try:
+            study = StudyItem.get(*StudyItem.key(study_uid), consistent_read=True)
+        except StudyItem.DoesNotExist:
+            return False
+        return study.deleting is None and int(study.deletions or 0) == deletions
 
     def _transact_replace(
         self,
@@ -297,18 +306,26 @@ class IndexWriter:
                     _set_or_remove(InstanceItem.frame_index, frame_index_json(instance)),
                     InstanceItem.updated_at.set(now),
                 ],
-                condition=InstanceItem.pk.exists()
-                & (InstanceItem.study_json == json.dumps(instance.study_json))
-                & (InstanceItem.series_json == json.dumps(instance.series_json)),
+                condition=InstanceItem.pk.exists(),
             )
-            # The series' metadata version moves, so its cached document is rebuilt.
+            # The series' metadata version moves, so its cached document is rebuilt. The
+            # series' and study's attributes are their items' (QIDO reads them there): an
+            # overwrite must carry the same ones.
             tx.update(
                 SeriesItem(*SeriesItem.key(study_uid, instance.series_instance_uid)),
                 actions=[SeriesItem.updated_at.set(now)],
-                condition=SeriesItem.pk.exists(),
+                condition=SeriesItem.pk.exists()
+                & (SeriesItem.dicom_json == json.dumps(instance.series_json)),
             )
             pk, sk = StudyItem.key(study_uid)
-            tx.condition_check(StudyItem, pk, sk, condition=StudyItem.pk.exists() & _study_open(deletions))
+            tx.condition_check(
+                StudyItem,
+                pk,
+                sk,
+                condition=StudyItem.pk.exists()
+                & _study_open(deletions)
+                & (StudyItem.dicom_json == json.dumps(instance.study_json)),
+            )
 
     def _transact_add(
         self, instance: ReceivedInstance, stored: StoredObject, context: WriteContext, *, token: str

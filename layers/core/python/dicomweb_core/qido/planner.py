@@ -20,7 +20,7 @@ from dicomweb_core.index.reader import instance_order, series_order
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.index_reads import IndexReads
 from dicomweb_core.qido.query import MatchKind, QidoQuery
-from dicomweb_core.qido.view import MODALITIES_IN_STUDY, Entity, view
+from dicomweb_core.qido.view import MODALITIES_IN_STUDY, Entity, Parents, view
 
 _ID_KEYS = {"PatientID": (3, "PID"), "AccessionNumber": (4, "ACC"), "StudyID": (5, "SID")}
 _NAME_KEYS = {"PatientName": (6, "PN"), "ReferringPhysicianName": (7, "RPN")}
@@ -32,22 +32,19 @@ class Planner:
     def __init__(self, query: QidoQuery, reads: IndexReads) -> None:
         self.query = query
         self.reads = reads
-        self._modalities: dict[str, list[str]] = {}
+        self.parents = Parents(reads)
 
     def matchable(self, item: Entity) -> dict[str, Any]:
         """The view a candidate is matched on. A series or instance has no ModalitiesInStudy
         of its own: when a key asks for it, the study's is added (read once per study)."""
-        merged = view(item)
+        merged = view(item, self.parents)
         term = self.query.term("ModalitiesInStudy")
         if isinstance(item, StudyItem) or term is None or term.kind is MatchKind.UNIVERSAL:
             return merged
-        if item.study_uid not in self._modalities:
-            found = [
-                i for i in self.reads.batch_get([StudyItem.key(item.study_uid)]) if isinstance(i, StudyItem)
-            ]
-            self._modalities[item.study_uid] = sorted(found[0].modalities or ()) if found else []
-        if self._modalities[item.study_uid]:
-            merged[MODALITIES_IN_STUDY] = {"vr": "CS", "Value": self._modalities[item.study_uid]}
+        study = self.parents.study(item.study_uid)
+        modalities = sorted(study.modalities or ()) if study is not None else []
+        if modalities:
+            merged[MODALITIES_IN_STUDY] = {"vr": "CS", "Value": modalities}
         return merged
 
     def candidates(self) -> Iterator[Entity]:

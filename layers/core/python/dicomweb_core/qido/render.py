@@ -7,7 +7,7 @@ from typing import Any
 
 from dicomweb_core.dicom.native_xml import to_xml
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
-from dicomweb_core.qido.view import Entity, view
+from dicomweb_core.qido.view import Entity
 from dicomweb_core.web.multipart import encode_multipart, multipart_content_type
 from dicomweb_core.web.uri import DicomWebURI
 
@@ -16,12 +16,13 @@ RETRIEVE_URL = "00081190"
 DICOM_XML = "application/dicom+xml"
 
 
-def result(item: Entity, *, base_url: str) -> dict[str, Any]:
-    """One match as DICOM JSON: its attributes (and its parents'), aggregates and RetrieveURL.
+def result(item: Entity, merged: dict[str, Any], *, base_url: str) -> dict[str, Any]:
+    """One match as DICOM JSON: its attributes merged with its parents' (``merged``, the
+    search's view of it), aggregates and RetrieveURL.
 
     Values are Unicode in DICOM JSON, so the stored Specific Character Set is dropped.
     """
-    dataset = view(item)
+    dataset = dict(merged)
     dataset.pop(SPECIFIC_CHARACTER_SET, None)
     dataset[RETRIEVE_URL] = {"vr": "UR", "Value": [_retrieve_url(item, base_url)]}
     return dict(sorted(dataset.items()))

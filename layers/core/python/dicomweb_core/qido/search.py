@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Any
 
 from dicomweb_core.qido.index_reads import DEFAULT_READ_BUDGET, IndexReads, ReadStats
 from dicomweb_core.qido.matching import matches_all
 from dicomweb_core.qido.planner import Planner
 from dicomweb_core.qido.query import MAX_LIMIT, QidoQuery
-from dicomweb_core.qido.view import Entity
+from dicomweb_core.qido.view import Entity, view
 
 
 @dataclass
@@ -33,6 +34,7 @@ class SearchResult:
     more: bool
     reads: ReadStats
     warnings: list[str] = field(default_factory=list)
+    views: list[dict[str, Any]] = field(default_factory=list)  # each match's attributes, merged
 
 
 def search(query: QidoQuery, *, budget: int = DEFAULT_READ_BUDGET) -> SearchResult:
@@ -48,7 +50,8 @@ def search(query: QidoQuery, *, budget: int = DEFAULT_READ_BUDGET) -> SearchResu
     candidates = _unique(planner.candidates())
     matching = (item for item in candidates if matches_all(query, planner.matchable(item)))
     page = list(islice(matching, query.offset, query.offset + limit + 1))
-    return SearchResult(page[:limit], len(page) > limit, stats, warnings)
+    views = [view(item, planner.parents) for item in page[:limit]]
+    return SearchResult(page[:limit], len(page) > limit, stats, warnings, views)
 
 
 def _identity(item: Entity) -> tuple[str, str]:

@@ -54,7 +54,10 @@ def search_reply(request: SearchRequest) -> Reply:
     if found.more:
         warnings.append(warning_value("There are additional results that can be requested."))
     headers: dict[str, str | list[str]] = {"Warning": warnings} if warnings else {}
-    rows = [result(item, base_url=request.base_url) for item in found.matches]
+    rows = [
+        result(item, merged, base_url=request.base_url)
+        for item, merged in zip(found.matches, found.views, strict=True)
+    ]
     if chosen is XML_OFFER:
         if not rows:
             return Reply(int(HTTPStatus.OK), b"", multipart_content_type(new_boundary(), DICOM_XML), headers)

@@ -1,5 +1,10 @@
 """What a QIDO-RS result is: the merged DICOM JSON a candidate is matched on and returned as
-(PS3.18 §10.6.3: a series or instance result carries its study's and series' attributes)."""
+(PS3.18 §10.6.3: a series or instance result carries its study's and series' attributes).
+
+Series and instance items hold their own level's attributes only; the study's and
+series' come from their items, read once per search (:class:`Parents`), so a stored
+instance writes no copy of them (docs/index-design.md).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,43 @@ import json
 from typing import Any
 
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
+from dicomweb_core.qido.index_reads import IndexReads
 
 MODALITIES_IN_STUDY = "00080061"
 Entity = StudyItem | SeriesItem | InstanceItem
 
 
-def view(item: Entity) -> dict[str, Any]:
+class Parents:
+    """The study and series items of a search's candidates, each read once (counted)."""
+
+    def __init__(self, reads: IndexReads) -> None:
+        self.reads = reads
+        self._studies: dict[str, StudyItem | None] = {}
+        self._series: dict[tuple[str, str], SeriesItem | None] = {}
+
+    def study(self, study_uid: str) -> StudyItem | None:
+        if study_uid not in self._studies:
+            found = self.reads.batch_get([StudyItem.key(study_uid)])
+            self._studies[study_uid] = next((i for i in found if isinstance(i, StudyItem)), None)
+        return self._studies[study_uid]
+
+    def series(self, study_uid: str, series_uid: str) -> SeriesItem | None:
+        key = (study_uid, series_uid)
+        if key not in self._series:
+            found = self.reads.batch_get([SeriesItem.key(study_uid, series_uid)])
+            self._series[key] = next((i for i in found if isinstance(i, SeriesItem)), None)
+        return self._series[key]
+
+    def study_json(self, study_uid: str) -> dict[str, Any]:
+        study = self.study(study_uid)
+        return json.loads(study.dicom_json) if study is not None else {}
+
+    def series_json(self, study_uid: str, series_uid: str) -> dict[str, Any]:
+        series = self.series(study_uid, series_uid)
+        return json.loads(series.dicom_json) if series is not None else {}
+
+
+def view(item: Entity, parents: Parents) -> dict[str, Any]:
     """The merged DICOM JSON a candidate is matched on and returned as."""
     merged: dict[str, Any]
     if isinstance(item, StudyItem):
@@ -24,11 +60,11 @@ def view(item: Entity) -> dict[str, Any]:
         merged["00201208"] = {"vr": "IS", "Value": [int(item.instance_count)]}
         return merged
     if isinstance(item, SeriesItem):
-        merged = json.loads(item.study_json or "{}")
+        merged = parents.study_json(item.study_uid)
         merged |= json.loads(item.dicom_json)
         merged["00201209"] = {"vr": "IS", "Value": [int(item.instance_count)]}
         return merged
-    merged = json.loads(item.study_json or "{}")
-    merged |= json.loads(item.series_json or "{}")
+    merged = parents.study_json(item.study_uid)
+    merged |= parents.series_json(item.study_uid, item.series_uid)
     merged |= json.loads(item.dicom_json)
     return merged
