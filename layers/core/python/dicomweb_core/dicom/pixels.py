@@ -12,8 +12,12 @@ images and thumbnails, §10.4.1.1.3, §10.4.4) all read pixels through here:
   compressed frame is decoded from its own fragments alone, so a frame of a multi-frame
   instance costs about that frame's bytes, whatever the number of frames;
 - :func:`instance_in_syntax`, whole instances as stored, re-encoded between the native
-  syntaxes, or decompressed;
+  syntaxes (big endian byte-swapped, ``endian``), or decompressed;
 - :func:`element_value`, one bulk data value.
+
+Native big-endian instances (Explicit VR Big Endian, retired) have no frame index: their
+frames come from the whole object, as stored or, for the little-endian syntaxes, with each
+sample's bytes swapped (``endian``).
 
 It works on any indexed instance (:class:`StoredInstance`) read through an
 :class:`~dicomweb_core.storage.ObjectReader`; it knows nothing of requests. A pixel data
@@ -33,16 +37,18 @@ from typing import Any, Protocol, TypeVar
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomweb_core.dicom import codecs
+from dicomweb_core.dicom import codecs, endian
 from dicomweb_core.dicom.frames import FrameIndex, coalesce_reads, frame_span
 from dicomweb_core.errors import BadRequest, NotFound
 from dicomweb_core.observability import logger
 from dicomweb_core.storage import ObjectReader, metadata_key
 
-# The native syntaxes re-encoded into each other without a codec (PS3.5 §A.1, §A.2).
+# The native little-endian syntaxes, re-encoded into each other without a codec (PS3.5 §A.1, §A.2).
 UNCOMPRESSED = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+# Native syntaxes whose data becomes little endian without a codec: big endian is byte-swapped.
+NATIVE = UNCOMPRESSED | {ExplicitVRBigEndian}
 T = TypeVar("T")
 
 
@@ -98,17 +104,55 @@ class UndecodableFrame(codecs.CannotDecode):
         self.number = number
 
 
-def frames_from_object(data: bytes, numbers: Sequence[int]) -> list[bytes]:
+def frames_from_object(data: bytes, numbers: Sequence[int], *, little_endian: bool = False) -> list[bytes]:
     """Frames ``numbers`` of an instance without a frame index: the whole object parsed
-    (the fallback of PS3.18 §10.4.1.1.4 retrieval); a number past the last frame is 400."""
+    (the fallback of PS3.18 §10.4.1.1.4 retrieval); a number past the last frame is 400.
+
+    Native frames are cut at their exact size (``native_frames``); with ``little_endian``,
+    those of a big-endian instance have each sample's bytes swapped (``endian``)."""
     dataset = _parse(data)
     count = _frame_count(dataset, numbers)
     if dataset.file_meta.TransferSyntaxUID.is_compressed:
         frames = list(generate_frames(dataset.PixelData, number_of_frames=count))
-    else:
-        size = len(dataset.PixelData) // count
-        frames = [dataset.PixelData[k * size : (k + 1) * size] for k in range(count)]
-    return [frames[n - 1] for n in numbers]
+        return [frames[n - 1] for n in numbers]
+    value = dataset.PixelData
+    if little_endian and endian.is_big_endian(dataset):
+        value = endian.swapped(value, endian.unit_of(dataset["PixelData"], dataset))
+    return native_frames(dataset, value, count, numbers)
+
+
+def native_frames(dataset: Dataset, value: bytes, count: int, numbers: Sequence[int]) -> list[bytes]:
+    """Frames ``numbers`` of native pixel data ``value`` holding ``count`` frames.
+
+    Each frame is Rows x Columns x Samples per Pixel samples of Bits Allocated bits (PS3.5
+    §8.1.1), so the padding byte of an odd-length value is no part of the last frame.
+    Bit-packed frames (Bits Allocated 1) need not start on a byte boundary: each is taken
+    from its first bit and packed from bit 0 of its own first byte, its last byte padded
+    with zero bits, as a single-frame instance would hold it. Without the attributes, or
+    when they describe more than the value holds, frames are equal shares of the value.
+    """
+    try:
+        samples = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel") or 1)
+        bits = int(dataset.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        samples, bits = 0, 0
+    if samples <= 0 or (bits != 1 and bits % 8) or (samples * bits * count + 7) // 8 > len(value):
+        size = len(value) // count
+        return [value[(n - 1) * size : n * size] for n in numbers]
+    if bits % 8 == 0:
+        size = samples * bits // 8
+        return [value[(n - 1) * size : n * size] for n in numbers]
+    return [_bit_frame(value, (n - 1) * samples, samples) for n in numbers]
+
+
+def _bit_frame(value: bytes, first: int, length: int) -> bytes:
+    """Bits ``first`` to ``first + length`` of a bit-packed value (pixel k at bit k % 8 of
+    byte k // 8, PS3.5 §8.1.1), re-packed from bit 0."""
+    if first % 8 == 0 and length % 8 == 0:
+        return value[first // 8 : (first + length) // 8]
+    chunk = value[first // 8 : (first + length + 7) // 8]
+    bits = (int.from_bytes(chunk, "little") >> (first % 8)) & ((1 << length) - 1)
+    return bits.to_bytes((length + 7) // 8, "little")
 
 
 def _parse(data: bytes) -> Dataset:
@@ -175,11 +219,12 @@ class InstancePixels:
         return self.reader.read(self.item.s3_key, version_id=self.item.s3_version_id)
 
     # ------------------------------------------------------------------ as stored
-    def stored(self, numbers: Sequence[int]) -> list[bytes]:
+    def stored(self, numbers: Sequence[int], *, little_endian: bool = False) -> list[bytes]:
         """Frames ``numbers`` as stored: by range from the frame index, else from the whole
-        object; a number past the last frame is 400."""
+        object; a number past the last frame is 400. With ``little_endian``, the native
+        frames of a big-endian instance come byte-swapped (Explicit VR Little Endian frames)."""
         if self.index is None:
-            return frames_from_object(self._whole(), numbers)
+            return frames_from_object(self._whole(), numbers, little_endian=little_endian)
         _check_numbers(numbers, len(self.index))
         return read_frames(self.reader, self.item, [self.index.frames[n - 1] for n in numbers])
 
@@ -255,7 +300,8 @@ def _parse_header(data: bytes) -> Dataset:
 # ------------------------------------------------------------------- whole instances
 def instance_in_syntax(reader: ObjectReader, item: StoredInstance, syntax: str) -> bytes:
     """The instance's Part 10 bytes in transfer syntax ``syntax`` (a UID): as stored,
-    re-encoded between the native syntaxes, or decompressed to Explicit VR Little Endian.
+    re-encoded from a native syntax into a little-endian one (big endian byte-swapped), or
+    decompressed to Explicit VR Little Endian.
 
     Raises :class:`~dicomweb_core.dicom.codecs.CannotDecode` when the codecs cannot
     decompress its pixel data.
@@ -263,7 +309,7 @@ def instance_in_syntax(reader: ObjectReader, item: StoredInstance, syntax: str) 
     data = reader.read(item.s3_key, version_id=item.s3_version_id)
     if syntax == item.transfer_syntax_uid:
         return data
-    if item.transfer_syntax_uid in UNCOMPRESSED:
+    if item.transfer_syntax_uid in NATIVE:
         return transcode(data, syntax)
     try:
         return codecs.decompress_instance(data)
@@ -276,11 +322,20 @@ def instance_in_syntax(reader: ObjectReader, item: StoredInstance, syntax: str) 
 
 
 def transcode(data: bytes, syntax: str) -> bytes:
-    """Re-encode an uncompressed data set in another uncompressed transfer syntax."""
+    """Re-encode a native data set in a native little-endian transfer syntax (``UNCOMPRESSED``).
+
+    A big-endian data set has its binary values byte-swapped first (``endian``): pydicom
+    re-encodes numbers in the new byte order but copies OB/OW/OF/... values as they are.
+    """
+    if syntax not in UNCOMPRESSED:
+        raise ValueError(f"{syntax} is not a native little-endian transfer syntax")
     dataset = pydicom.dcmread(io.BytesIO(data))
+    if endian.is_big_endian(dataset):
+        endian.to_little_endian(dataset)
     dataset.file_meta.TransferSyntaxUID = UID(syntax)
     buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
+    # dcmwrite, not save_as: save_as refuses to change the byte order, which was done above.
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
     return buffer.getvalue()
 
 
@@ -291,19 +346,30 @@ def syntax_name(uid: str) -> str:
 
 
 # ------------------------------------------------------------------- bulk data values
-def element_value(data: bytes, element_path: str) -> bytes:
+def element_value(data: bytes, element_path: str, *, little_endian: bool = False) -> bytes:
     """The binary value at a BulkDataURI path (PS3.18 §10.4.1.1.5): tags and item numbers
-    joined by dots, as the metadata's BulkDataURIs write them; anything else is 404."""
+    joined by dots, as the metadata's BulkDataURIs write them; anything else is 404.
+
+    With ``little_endian``, the value of a big-endian instance is byte-swapped by its VR
+    (Pixel Data by its samples, ``endian.unit_of``), as a little-endian syntax holds it."""
     parts = element_path.split(".")
     if len(parts) % 2 != 1 or not all(len(p) == 8 for p in parts[::2]):
         raise NotFound("No such bulk data.")
     try:
-        target: Any = pydicom.dcmread(io.BytesIO(data))
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        owner: Any = dataset
+        element: Any = None
         for position, part in enumerate(parts):
-            # Even positions are tags (an element's value), odd ones item numbers.
-            target = target[int(part, 16)].value if position % 2 == 0 else target[int(part)]
-    except (KeyError, IndexError, ValueError, TypeError):
+            # Even positions are tags (an element), odd ones item numbers (a data set).
+            if position % 2 == 0:
+                element = owner[int(part, 16)]
+            else:
+                owner = element.value[int(part)]
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError):
         raise NotFound("No such bulk data.") from None
-    if not isinstance(target, bytes | bytearray):
+    value = element.value
+    if not isinstance(value, bytes | bytearray):
         raise NotFound("No such bulk data (the element is not binary).")
-    return bytes(target)
+    if little_endian and endian.is_big_endian(dataset):
+        return endian.swapped(bytes(value), endian.unit_of(element, owner))
+    return bytes(value)

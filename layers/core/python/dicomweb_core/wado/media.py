@@ -3,9 +3,10 @@
 The Accept header (or the ``accept`` query parameter) is read range by range, highest
 ``q`` first; the first range this server can produce wins, else 406 with what is
 available. The default transfer syntax is Explicit VR Little Endian. This server
-produces a transfer syntax when it is ``*`` (as stored), the stored one, or an
-uncompressed one when the stored data is uncompressed or a codec of the imaging layer
-can decompress it (otherwise 406).
+produces a transfer syntax when it is ``*`` (as stored), the stored one, a native
+little-endian one when the stored data is native (Explicit VR Big Endian byte-swapped,
+``dicom.endian``), or Explicit VR Little Endian when a codec of the imaging layer can
+decompress it (otherwise 406). The matrix per stored syntax is in docs/conformance.md.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from dicomweb_core.dicom.codecs import can_decode
-from dicomweb_core.dicom.pixels import UNCOMPRESSED
+from dicomweb_core.dicom.pixels import NATIVE, UNCOMPRESSED
 from dicomweb_core.dicom.uid import is_valid_uid
 from dicomweb_core.errors import BadRequest, NotAcceptable
 from dicomweb_core.web.mediatype import MediaRange, parse_accept
@@ -73,12 +74,13 @@ def actual_syntax(requested: str, stored: str) -> str:
 
 
 def can_produce(requested: str, stored: str) -> bool:
-    """As stored, re-encoded between uncompressed syntaxes, or decompressed by a codec."""
+    """As stored, re-encoded from a native syntax into a little-endian one, or decompressed
+    by a codec."""
     if requested in (AS_STORED, stored):
         return True
     if requested not in UNCOMPRESSED:
         return False
-    return stored in UNCOMPRESSED or (requested == EXPLICIT_VR_LITTLE_ENDIAN and can_decode(stored))
+    return stored in NATIVE or (requested == EXPLICIT_VR_LITTLE_ENDIAN and can_decode(stored))
 
 
 def _ranges(accept: str | None, query: Mapping[str, str] | None) -> list[MediaRange] | None:

@@ -192,7 +192,9 @@ class RetrieveService:
             if choice.part_type != "*/*"
             else media.PIXEL_MEDIA_TYPES.get(actual, media.OCTET_STREAM)
         )
-        decompress = actual != stored and stored not in pixels.UNCOMPRESSED
+        decompress = actual != stored and stored not in pixels.NATIVE
+        # Native frames asked for in a little-endian syntax: big-endian ones are byte-swapped.
+        little_endian = actual in pixels.UNCOMPRESSED
         metadata = source.metadata if decompress else None
         if len(numbers) == 1 and index is not None and numbers[0] <= len(index):
             size = (
@@ -204,7 +206,7 @@ class RetrieveService:
                 return self.large.frame(uri, item, numbers[0], size, actual=actual, part_type=part_type)
         if index is not None and max(distinct) <= len(index):
             check_frames_fit(index, numbers, metadata)
-        frames = source.stored(distinct)
+        frames = source.stored(distinct, little_endian=little_endian)
         if metadata is not None:
             # The decoded size is known from the metadata, so an answer that could not be
             # sent is refused (413) before anything is decoded.
@@ -238,11 +240,11 @@ class RetrieveService:
             part_types=lambda t: t == media.OCTET_STREAM,
             default_part=media.OCTET_STREAM,
             single_part=False,
-            # Values are sent as read, never decoded: as stored, or re-labelled between
-            # the uncompressed syntaxes; no Accept (or */*) means as stored.
+            # Values are never decoded: as stored, or in a little-endian native syntax from
+            # a native one (big endian byte-swapped); no Accept (or */*) means as stored.
             producible=lambda ts: (
                 ts in (media.AS_STORED, item.transfer_syntax_uid)
-                or (ts in pixels.UNCOMPRESSED and item.transfer_syntax_uid in pixels.UNCOMPRESSED)
+                or (ts in pixels.UNCOMPRESSED and item.transfer_syntax_uid in pixels.NATIVE)
             ),
             query=request.query,
             default_syntax=media.AS_STORED,
@@ -260,13 +262,14 @@ class RetrieveService:
                 actual = _actual(choice, item)
                 return self.large.frame(uri, item, 1, size, actual=actual, part_type=media.OCTET_STREAM)
         data = self.reader.read(item.s3_key, version_id=item.s3_version_id)
-        value = pixels.element_value(data, element_path)
+        actual = _actual(choice, item)
+        value = pixels.element_value(data, element_path, little_endian=actual in pixels.UNCOMPRESSED)
         if len(value) > RESPONSE_LIMIT:
             raise PayloadTooLarge(
                 "The bulk data value is too large for one response; retrieve frames instead."
             )
         body, boundary = encode_multipart(
-            [({"Content-Type": f"{media.OCTET_STREAM}; transfer-syntax={_actual(choice, item)}"}, value)]
+            [({"Content-Type": f"{media.OCTET_STREAM}; transfer-syntax={actual}"}, value)]
         )
         return ok_reply(
             body, multipart_content_type(boundary, media.OCTET_STREAM), cache=IMMUTABLE, etag=item.sha256
