@@ -72,6 +72,33 @@ class QueueSource:
 
 
 @dataclass(frozen=True)
+class StreamSource:
+    """A DynamoDB stream event source of a function (a `DynamoDB` event in template.yaml)."""
+
+    function: str
+    table: str  # logical id of the AWS::DynamoDB::Table whose stream it reads
+    batch_size: int
+    starting_position: str  # TRIM_HORIZON | LATEST
+    batching_window_s: float
+    maximum_retry_attempts: int  # -1: until the records expire
+    bisect_on_error: bool
+    reports_failures: bool
+    on_failure: str | None  # logical id of the AWS::SQS::Queue failed batches are recorded in
+
+
+@dataclass(frozen=True)
+class ScheduleSource:
+    """A schedule that invokes a function: an ``AWS::Scheduler::Schedule`` whose target is
+    the function's ARN, or a SAM ``ScheduleV2``/``Schedule`` event of the function."""
+
+    name: str  # logical id of the schedule (or of the function's event)
+    function: str  # logical id of the function
+    expression: Any  # ScheduleExpression as written (may be a Ref to a parameter)
+    input: str | None  # the JSON the target receives (Target.Input / the event's Input)
+    enabled: bool
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     logical_id: str
     code_uri: Path
@@ -158,6 +185,67 @@ class Template:
                 )
         return sources
 
+    def stream_sources(self) -> list[StreamSource]:
+        sources = []
+        for name, res in self.resources_of_type("AWS::Serverless::Function").items():
+            for event in res["Properties"].get("Events", {}).values():
+                if event["Type"] != "DynamoDB":
+                    continue
+                props = event["Properties"]
+                on_failure = props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+                sources.append(
+                    StreamSource(
+                        function=name,
+                        table=_logical_id(props["Stream"]),
+                        batch_size=int(props.get("BatchSize", 100)),
+                        starting_position=str(props["StartingPosition"]),
+                        batching_window_s=float(props.get("MaximumBatchingWindowInSeconds", 0)),
+                        maximum_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
+                        bisect_on_error=bool(props.get("BisectBatchOnFunctionError", False)),
+                        reports_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+                        on_failure=_logical_id(on_failure) if on_failure is not None else None,
+                    )
+                )
+        return sources
+
+    def schedule_sources(self) -> list[ScheduleSource]:
+        """Every schedule that invokes one of the template's functions."""
+        functions = set(self.resources_of_type("AWS::Serverless::Function"))
+        sources = []
+        for name, res in self.resources_of_type("AWS::Scheduler::Schedule").items():
+            props = res["Properties"]
+            target = props["Target"]
+            arn = target.get("Arn")
+            if not (isinstance(arn, dict) and "Fn::GetAtt" in arn and arn["Fn::GetAtt"][0] in functions):
+                continue
+            sources.append(
+                ScheduleSource(
+                    name=name,
+                    function=arn["Fn::GetAtt"][0],
+                    expression=props["ScheduleExpression"],
+                    input=target.get("Input"),
+                    enabled=props.get("State", "ENABLED") == "ENABLED",
+                )
+            )
+        for function in sorted(functions):
+            events = self.resources[function]["Properties"].get("Events", {})
+            for event_name, event in events.items():
+                if event["Type"] not in ("ScheduleV2", "Schedule"):
+                    continue
+                props = event["Properties"]
+                state = props.get("State", "ENABLED" if props.get("Enabled", True) else "DISABLED")
+                expression = props.get("ScheduleExpression", props.get("Schedule"))  # V2, V1
+                sources.append(
+                    ScheduleSource(
+                        name=f"{function}{event_name}",
+                        function=function,
+                        expression=expression,
+                        input=props.get("Input"),
+                        enabled=state == "ENABLED",
+                    )
+                )
+        return sources
+
     def routes(self) -> list[Route]:
         default_authorizer = self.http_api().get("Auth", {}).get("DefaultAuthorizer")
         routes = []
@@ -178,6 +266,15 @@ class Template:
                     )
                 )
         return routes
+
+
+def _logical_id(reference: Any) -> str:
+    """The resource a `!GetAtt Resource.Attribute` or `!Ref Resource` names."""
+    if isinstance(reference, dict) and "Fn::GetAtt" in reference:
+        return str(reference["Fn::GetAtt"][0])
+    if isinstance(reference, dict) and "Ref" in reference:
+        return str(reference["Ref"])
+    return str(reference)
 
 
 @dataclass(frozen=True)

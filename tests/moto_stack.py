@@ -10,8 +10,8 @@ from moto import mock_aws
 from dicomweb_core.config import DuplicatePolicy, Limits, Settings
 from dicomweb_core.index.models import bind_table
 from dicomweb_core.stow.service import StowService
-from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import Stack, provision
+from infra.local.streams import withdraw_cancelled_stream_records
 from infra.samtemplate import load_template
 
 BASE_URL = "https://dicom.example.test"
@@ -20,8 +20,8 @@ REGION = "us-east-1"
 
 @contextmanager
 def moto_account() -> Iterator[None]:
-    """An empty in-process moto account whose DynamoDB behaves like the service."""
-    serialise_dynamodb()
+    """An empty in-process moto account whose DynamoDB (and its streams) behaves like the service."""
+    withdraw_cancelled_stream_records()  # moto_atomic's fixes, and cancelled transactions stream nothing
     with mock_aws():
         yield
 

@@ -26,7 +26,7 @@ EVENTS = EventPublisher.of(SETTINGS)
 PIPELINE = InferencePipeline(
     models=load_models(os.environ.get("INFERENCE_MODELS", ""), os.environ),
     reader=ObjectReader(SETTINGS.bucket_name),
-    stow=StowService.of(SETTINGS, events=EVENTS),
+    stow=StowService.of(SETTINGS),
     events=EVENTS,
     selection=Selection.from_environ(os.environ),
 )

@@ -286,6 +286,7 @@ def cost_options(local_dir: Path, stable_age_seconds: int) -> Options:
         persist=False,
         stable_age_seconds=stable_age_seconds,
         parameter_overrides=(),
+        schedules=False,  # a reconciliation run would land in the figures
     )
 
 

@@ -292,7 +292,7 @@ def run(*, quick: bool = False) -> str:
     runs = 5 if quick else 20
     tables = []
     with tempfile.TemporaryDirectory() as local_dir:
-        options = bench_options(Path(local_dir))
+        options = bench_options(Path(local_dir), change_feed=False)  # items are written directly
         stack = LocalStack(options)
         stack.start()
         try:

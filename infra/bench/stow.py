@@ -89,8 +89,9 @@ def _handler_cpu_ms(instances: Sequence[bytes]) -> float:
 QUIET_HOOKS = (("DeidModalities", "none"), ("InferenceModels", "none"))
 
 
-def bench_options(local_dir: Path) -> Options:
-    """The local runtime as the benchmarks run it: no snapshots, no competing hooks."""
+def bench_options(local_dir: Path, *, change_feed: bool = True) -> Options:
+    """The local runtime as the benchmarks run it: no snapshots, no competing hooks, no
+    scheduled runs; ``change_feed=False`` for benchmarks that write index items directly."""
     return Options(
         host="127.0.0.1",
         port=free_port(),
@@ -100,6 +101,8 @@ def bench_options(local_dir: Path) -> Options:
         cors_origins=(),
         persist=False,
         parameter_overrides=QUIET_HOOKS,
+        change_feed=change_feed,
+        schedules=False,
     )
 
 

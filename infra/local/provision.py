@@ -182,11 +182,21 @@ def _bucket_notifications(stack: Stack, config: Mapping[str, Any]) -> dict[str, 
 def _table(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:
     name = _name(logical_id)
     dynamodb = stack.client("dynamodb")
+    # CloudFormation's StreamSpecification names the view type only; the API enables it too.
+    view = props.get("StreamSpecification", {}).get("StreamViewType")
+    streams = {"StreamEnabled": True, "StreamViewType": str(view)} if view else None
     if name not in dynamodb.list_tables()["TableNames"]:
         definition = {k: stack.resolve(props[k]) for k in _TABLE_PROPERTIES if k in props}
-        dynamodb.create_table(TableName=name, **definition)
+        dynamodb.create_table(
+            TableName=name, **definition, **({"StreamSpecification": streams} if streams else {})
+        )
+    elif streams and not dynamodb.describe_table(TableName=name)["Table"].get("LatestStreamArn"):
+        dynamodb.update_table(TableName=name, StreamSpecification=streams)  # restored from an older snapshot
     stack.physical_ids[logical_id] = name
     stack.attributes[logical_id] = {"Arn": _arn(stack, "dynamodb", f"table/{name}")}
+    stream_arn = dynamodb.describe_table(TableName=name)["Table"].get("LatestStreamArn") if streams else None
+    if stream_arn:
+        stack.attributes[logical_id]["StreamArn"] = stream_arn
 
 
 def _event_bus(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:

@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -41,6 +41,13 @@ from infra.local.gateway import CorsPolicy, Gateway, LinkSigningKey, ObjectProxy
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import ACCOUNT_ID, provision
 from infra.local.queues import QueuePoller
+from infra.local.scheduler import REQUESTS_DIR, Scheduler, SchedulerOptions
+from infra.local.streams import (
+    POSITIONS_FILE,
+    StreamPositions,
+    stream_pollers,
+    withdraw_cancelled_stream_records,
+)
 from infra.local.workers import FunctionConfig, FunctionPool
 from infra.samtemplate import Template, load_template, object_routes
 from infra.upload.uploader import upload_folder
@@ -75,6 +82,11 @@ class Options:
     load: Path | None
     cors_origins: tuple[str, ...]
     persist: bool = True  # snapshot moto to $LOCAL_DIR (the benchmarks turn it off)
+    # The tables' change feed (DynamoDB streams -> InstanceStored); off for a benchmark that
+    # writes index items straight into moto, which must not all be announced.
+    change_feed: bool = os.environ.get("CHANGE_FEED", "on").strip().lower() != "off"
+    # Scheduled functions (reconciliation); off for benchmarks, whose figures they would blur.
+    schedules: bool = os.environ.get("SCHEDULES", "on").strip().lower() != "off"
     # A series is stable after this quiet time; seconds locally so results show up quickly.
     stable_age_seconds: int = int(os.environ.get("STABLE_AGE_SECONDS", "3"))
     # Template parameters, as `sam deploy --parameter-overrides`: "Name=Value Name2=Value2".
@@ -163,6 +175,7 @@ class LocalStack:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.options.local_dir.mkdir(parents=True, exist_ok=True)
         serialise_dynamodb()
+        withdraw_cancelled_stream_records()  # a cancelled transaction streams nothing, as in DynamoDB
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.moto.start()
         _, moto_port = self.moto.get_host_and_port()
@@ -244,6 +257,35 @@ class LocalStack:
             self._threads.append(
                 threading.Thread(target=poller.run, name=f"sqs-{source.function}", daemon=True)
             )
+        # DynamoDB stream sources, from the checkpoint saved with the restored snapshot.
+        self.stream_positions = StreamPositions(
+            self.options.local_dir / POSITIONS_FILE if self.options.persist else None, resume=restored
+        )
+        pollers = stream_pollers(
+            self.template,
+            self.stack,
+            self.pools,
+            positions=self.stream_positions,
+            stopping=self._stopping,
+            activity=self.gateway.activity,
+            region=REGION,
+        )
+        for stream_poller in pollers if self.options.change_feed else []:
+            self._threads.append(
+                threading.Thread(target=stream_poller.run, name=stream_poller.name, daemon=True)
+            )
+        # EventBridge Scheduler: the template's scheduled functions (infra/local/scheduler.py).
+        self.scheduler = Scheduler(
+            self.template.schedule_sources(),
+            resolve=self.stack.resolve,
+            pools=self.pools,
+            stopping=self._stopping,
+            request_dir=self.options.local_dir / REQUESTS_DIR,
+            activity=self.gateway.activity,
+            on_run=self._dirty.set,
+            options=replace(SchedulerOptions.from_environ(os.environ), enabled=self.options.schedules),
+        )
+        self._threads.append(threading.Thread(target=self.scheduler.run, name="scheduler", daemon=True))
         for thread in self._threads:
             thread.start()
         for pool in self.pools.values():
@@ -351,6 +393,7 @@ class LocalStack:
         with self.gateway.activity.paused():
             self._dirty.clear()
             snapshot.save(self.snapshot_path)
+            self.stream_positions.save()  # after the state it belongs to, never ahead of it
 
     def stop(self) -> None:
         if self._stopping.is_set():

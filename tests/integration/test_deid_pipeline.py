@@ -1,8 +1,9 @@
 """De-identification into the research store against moto: InstanceStored → DeidPipeline → /deid.
 
 Resources come from template.yaml through the local runtime's provisioner: the primary
-STOW publishes on the bus, the template's DeidRule queues InstanceStored in DeidQueue, and
-the pipeline stores its copies through a StowService bound to DeidBucket and DeidTable.
+STOW commits to the index, its stream's InstanceStored reaches the bus (tests/streams.py),
+the template's DeidRule queues it in DeidQueue, and the pipeline stores its copies through
+a StowService bound to DeidBucket and DeidTable.
 The pynamodb models serve one table at a time, so every step binds the table it reads
 or writes.
 """
@@ -25,7 +26,6 @@ from pydicom.uid import SecondaryCaptureImageStorage, UltrasoundImageStorage
 
 from dicomweb_core import config
 from dicomweb_core.config import Settings
-from dicomweb_core.events import EventPublisher
 from dicomweb_core.hooks.deid.pipeline import DeidPipeline, Outcome, Rules
 from dicomweb_core.hooks.deid.profile import Dates, Deidentifier, Options
 from dicomweb_core.index.models import SopItem, StudyItem, bind_table
@@ -46,6 +46,7 @@ from infra.samtemplate import load_template
 from tests.faults import FAULTS, Crash, Faults
 from tests.lambda_harness import LambdaContext, load_handler, sqs_record
 from tests.moto_stack import provisioned, stow_service
+from tests.streams import deliver_stream
 from tests.write_invariants import check
 
 ALL_MODALITIES = Rules(frozenset({"*"}), quarantine_burned_in=True)
@@ -110,7 +111,9 @@ class DeidEnv:
         return [by_sop[ds.SOPInstanceUID] for ds in datasets]
 
     def queued(self) -> list[dict[str, Any]]:
-        """Drain DeidQueue: every event the template's rule delivered so far."""
+        """Drain DeidQueue: every event the template's rule delivered so far (once the
+        streams delivered what was committed)."""
+        deliver_stream(self.stack)
         found: list[dict[str, Any]] = []
         while True:
             messages = self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10).get(
@@ -127,12 +130,7 @@ class DeidEnv:
         return DeidPipeline(
             source=ObjectReader(self.primary.bucket_name),
             deidentifier=self.deidentifier,
-            stow=StowService(
-                settings=self.research,
-                store=research_store,
-                index=IndexWriter(),
-                events=EventPublisher(self.research.event_bus_name, source=self.research.event_source),
-            ),
+            stow=StowService(settings=self.research, store=research_store, index=IndexWriter()),
             quarantine=research_store,
             rules=rules,
         )

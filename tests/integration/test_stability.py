@@ -30,6 +30,7 @@ from infra.local.provision import Stack
 from infra.samtemplate import load_template
 from tests.lambda_harness import LambdaContext, load_handler, sqs_record
 from tests.moto_stack import provisioned, stow_service
+from tests.streams import deliver_stream
 
 STABLE_AGE = timedelta(seconds=60)
 QUEUE_DELAY_S = 1
@@ -56,8 +57,10 @@ class StabilityEnv:
         )
 
     def store(self, *datasets: Dataset) -> None:
+        """Store, and let the stream announce the commits (InstanceStored into StabilityQueue)."""
         outcome = self.stow.store_all([memoryview(to_part10(ds)) for ds in datasets], study=None)
         assert not outcome.failures, outcome.failures
+        deliver_stream(self.stack)
 
     def delayed_events(self) -> list[dict[str, Any]]:
         """What StabilityQueue delivers once the delay has passed: every InstanceStored."""

@@ -1,4 +1,5 @@
-"""STOW-RS write path against moto: S3 first, then the index in one transaction, then events.
+"""STOW-RS write path against moto: S3 first, then the index in one transaction; its
+InstanceStored event comes from the table's stream (delivered by tests/streams.py).
 
 Resources come from template.yaml through the local runtime's provisioner, so the table's
 keys and the bucket's versioning are the deployed ones.
@@ -17,16 +18,18 @@ import pytest
 
 from dicomweb_core.config import DuplicatePolicy, Settings
 from dicomweb_core.dicom.failures import FailureReason
-from dicomweb_core.events import EventPublisher
 from dicomweb_core.index.models import SeriesItem, SopItem, StudyItem
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.stow.service import StowService, store_response
 from infra.datasets.generate import make_dataset, make_instance, new_uid, to_part10
+from infra.local.provision import Stack
 from tests.moto_stack import BASE_URL, provisioned, stow_service
+from tests.streams import deliver_stream
 
 
 @dataclass
 class Env:
+    stack: Stack
     settings: Settings
     service: StowService
     s3: Any
@@ -34,14 +37,11 @@ class Env:
 
     def with_policy(self, policy: DuplicatePolicy) -> StowService:
         settings = replace(self.settings, duplicate_policy=policy)
-        return StowService(
-            settings=settings,
-            store=self.service.store,
-            index=self.service.index,
-            events=self.service.events,
-        )
+        return StowService(settings=settings, store=self.service.store, index=self.service.index)
 
     def events(self) -> list[dict[str, Any]]:
+        """The events on the bus once the stream delivered what was committed."""
+        deliver_stream(self.stack)
         sqs = boto3.client("sqs")
         found = []
         while True:
@@ -57,7 +57,7 @@ class Env:
 
 @pytest.fixture
 def env(aws: None) -> Iterator[Env]:
-    _, settings = provisioned(base_url=BASE_URL)
+    stack, settings = provisioned(base_url=BASE_URL)
     sqs, events = boto3.client("sqs"), boto3.client("events")
     queue = sqs.create_queue(QueueName="captured-events")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -68,7 +68,7 @@ def env(aws: None) -> Iterator[Env]:
         Rule="capture", EventBusName=settings.event_bus_name, Targets=[{"Id": "q", "Arn": arn}]
     )
     service = stow_service(settings)
-    yield Env(settings, service, boto3.client("s3"), queue)
+    yield Env(stack, settings, service, boto3.client("s3"), queue)
 
 
 def counts(study: str) -> tuple[int, int, set[str]]:
@@ -127,10 +127,10 @@ def test_identical_restore_is_idempotent(env: Env) -> None:
     env.events()
     # When the very same bytes are stored again
     outcome = env.service.store_all([memoryview(data)], study=None)
-    # Then it succeeds, counts do not move, and the event is published again (at least once)
+    # Then it succeeds, counts do not move, and nothing new is announced: nothing was written
     assert outcome.status == 200 and not outcome.failures
     assert counts(ds.StudyInstanceUID) == (1, 1, {"CT"})
-    assert len(env.events()) == 1
+    assert env.events() == []
 
 
 def test_different_object_with_same_uid_is_refused_and_original_kept(env: Env) -> None:
@@ -218,19 +218,21 @@ def test_crash_between_s3_and_index_loses_nothing_and_counts_once(
 
 
 def test_crash_after_commit_is_repaired_by_the_retry(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given the first request dies after the index committed (events never published)
+    # Given the first request fails right after the index committed (its answer is lost)
     ds = make_dataset()
     data = to_part10(ds)
+    real_add = IndexWriter.add
 
-    def die(*args: Any, **kwargs: Any) -> None:
-        raise ConnectionError("simulated crash after commit")
+    def commit_then_fail(self: IndexWriter, *args: Any, **kwargs: Any) -> None:
+        real_add(self, *args, **kwargs)
+        raise ConnectionError("simulated failure after commit")
 
-    monkeypatch.setattr(EventPublisher, "publish", die)
+    monkeypatch.setattr(IndexWriter, "add", commit_then_fail)
     env.service.store_all([memoryview(data)], study=None)
     monkeypatch.undo()
     # When the client retries the same bytes
     outcome = env.service.store_all([memoryview(data)], study=None)
-    # Then it succeeds without double counting, and the event finally goes out
+    # Then it succeeds without double counting, and the commit's event goes out once
     assert outcome.status == 200
     assert counts(ds.StudyInstanceUID) == (1, 1, {"CT"})
     assert [e["detail"]["sopInstanceUID"] for e in env.events()] == [ds.SOPInstanceUID]

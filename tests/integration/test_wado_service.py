@@ -46,7 +46,6 @@ from dicomweb_core.dicom.failures import InstanceRejected
 from dicomweb_core.dicom.frames import MAX_READ_GAP
 from dicomweb_core.dicom.instance import ReceivedInstance, read_instance
 from dicomweb_core.errors import PayloadTooLarge
-from dicomweb_core.events import EventPublisher
 from dicomweb_core.hooks.bundles import RESPONSE_LIMIT, BundleBuilder, BundleComposer
 from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder
 from dicomweb_core.index.models import InstanceItem, SeriesItem, bind_table
@@ -319,7 +318,6 @@ def world() -> Iterator[World]:
             settings=settings,
             store=S3InstanceStore(settings.bucket_name),
             index=IndexWriter(),
-            events=EventPublisher(settings.event_bus_name),
         )
         built = World(settings, stow, load_handler("WadoFunction"), boto3.client("s3"))
         for entry in corpus():

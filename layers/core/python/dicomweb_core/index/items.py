@@ -124,6 +124,7 @@ def instance_item(
         series_uid=instance.series_instance_uid,
         sop_uid=instance.sop_instance_uid,
         sop_class_uid=instance.sop_class_uid,
+        modality=instance.modality or None,
         transfer_syntax_uid=instance.transfer_syntax_uid,
         dicom_json=json.dumps(instance.instance_json),
         sort_key=attributes["g2sk"],

@@ -157,6 +157,7 @@ class InstanceItem(IndexItem, discriminator="instance"):
     series_uid = UnicodeAttribute()
     sop_uid = UnicodeAttribute()
     sop_class_uid = UnicodeAttribute()
+    modality = UnicodeAttribute(null=True)  # the series' Modality, for InstanceStored (changefeed)
     transfer_syntax_uid = UnicodeAttribute()
     # instance-level attributes; the study's and series' are their items' (no copies: QIDO
     # reads the parents once per search, docs/index-design.md)

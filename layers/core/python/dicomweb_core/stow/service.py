@@ -1,8 +1,11 @@
 """STOW-RS: store instances (PS3.18 §10.5) and answer with the Store Instances Response.
 
 The write path per instance: validate, S3 first (the bytes with their SHA-256, and the
-metadata document, under keys of this write's own), then the index in one transaction,
-then ``InstanceStored`` on the bus. Whatever refuses or fails the write after S3 removes
+metadata document, under keys of this write's own), then the index in one transaction.
+``InstanceStored`` is not published here: the index table's stream announces each committed
+write (dicomweb_core.changefeed), so a crash after the commit cannot lose the event, and a
+store that commits nothing (an identical duplicate, a refused write) announces nothing.
+Whatever refuses or fails the write after S3 removes
 the objects it wrote, unless the index points at them (a commit whose response was lost).
 A crash between S3 and the index leaves unreferenced objects and no index items; the
 client's retry writes new ones and indexes them exactly once. The invariants and how each
@@ -24,7 +27,6 @@ from dicomweb_core.config import DuplicatePolicy, Settings
 from dicomweb_core.dicom.failures import Failure, FailureReason, InstanceRejected, WarningReason
 from dicomweb_core.dicom.instance import InflationBudget, ReceivedInstance, read_instance
 from dicomweb_core.errors import BadRequest, UnsupportedMediaType
-from dicomweb_core.events import INSTANCE_STORED, EventPublisher
 from dicomweb_core.index import keys
 from dicomweb_core.index.write_results import (
     AlreadyIndexed,
@@ -165,28 +167,16 @@ class StowService:
     """Stores a request's instances one by one; a bad instance never affects the others."""
 
     @classmethod
-    def of(cls, settings: Settings, *, events: EventPublisher | None = None) -> StowService:
-        """The service wired to the settings' bucket, index and bus: STOW, the local
-        loader, de-identification and inference all store through this one wiring."""
-        return cls(
-            settings=settings,
-            store=S3InstanceStore(settings.bucket_name),
-            index=IndexWriter(),
-            events=events or EventPublisher.of(settings),
-        )
+    def of(cls, settings: Settings) -> StowService:
+        """The service wired to the settings' bucket and index: STOW, upload ingest,
+        de-identification and inference all store through this one wiring. It publishes
+        nothing: ``InstanceStored`` comes from the table's stream (dicomweb_core.changefeed)."""
+        return cls(settings=settings, store=S3InstanceStore(settings.bucket_name), index=IndexWriter())
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        store: InstanceStore,
-        index: IndexWriter,
-        events: EventPublisher,
-    ) -> None:
+    def __init__(self, *, settings: Settings, store: InstanceStore, index: IndexWriter) -> None:
         self.settings = settings
         self.store = store
         self.index = index
-        self.events = events
 
     def store_all(self, payloads: Sequence[memoryview], *, study: str | None) -> StoreOutcome:
         outcome = StoreOutcome()
@@ -196,7 +186,6 @@ class StowService:
                 outcome.stored.append(self.store_one(payload, study=study, budget=budget))
             except InstanceRejected as rejected:
                 outcome.failures.append(rejected.failure)
-        self._publish(outcome.stored)
         return outcome
 
     def store_one(
@@ -248,6 +237,8 @@ class StowService:
     ) -> StoredInstance:
         """A SOP Instance UID already stored: identical bytes succeed, others follow the policy."""
         if existing.same_content(instance):
+            # Nothing is written, so the stream announces nothing: the first store's
+            # InstanceStored stands for this one too (docs/conformance.md, Duplicates).
             return _stored(instance, existing.stored)
         same_place = (existing.study_uid, existing.series_uid) == (
             instance.study_instance_uid,
@@ -334,29 +325,6 @@ class StowService:
             write.discard()
             raise
         return write
-
-    def _publish(self, stored: Sequence[StoredInstance]) -> None:
-        """Publish ``InstanceStored`` after the index committed (at least once per store)."""
-        if not stored:
-            return
-        details = [
-            {
-                "studyInstanceUID": s.study_instance_uid,
-                "seriesInstanceUID": s.series_instance_uid,
-                "sopInstanceUID": s.sop_instance_uid,
-                "sopClassUID": s.sop_class_uid,
-                "modality": s.modality,
-                "bucket": self.settings.bucket_name,
-                "s3Key": s.stored.key,
-                "s3VersionId": s.stored.version_id,
-                "size": s.stored.size,
-            }
-            for s in stored
-        ]
-        try:
-            self.events.publish(INSTANCE_STORED, details)
-        except Exception:
-            logger.exception("publishing InstanceStored failed", extra={"count": len(details)})
 
 
 @dataclass(slots=True)
