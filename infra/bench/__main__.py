@@ -8,14 +8,16 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from infra.bench import cost, qido, stow, upload, wado
+from infra.bench import cost, qido, render, stow, upload, versus_orthanc, wado
 
 SECTIONS: dict[str, Callable[..., str]] = {
     "stow": stow.run,
     "qido": qido.run,
     "wado": wado.run,
+    "render": render.run,
     "upload": upload.run,
     "cost": cost.run,
+    "orthanc": versus_orthanc.run,  # side by side with Orthanc (writes docs/bench-vs-orthanc.md)
 }
 
 

@@ -101,7 +101,7 @@ def plan_studies(count: int, instances_per_study: int, *, seed: int = 11) -> lis
     return plans
 
 
-def _instance(plan: StudyPlan, series_number: int, number: int) -> ReceivedInstance:
+def generated_instance(plan: StudyPlan, series_number: int, number: int) -> ReceivedInstance:
     series_uid, modality, _ = plan.series[series_number]
     sop = f"{series_uid}.{number}"
     series_json = {
@@ -130,7 +130,7 @@ def _instance(plan: StudyPlan, series_number: int, number: int) -> ReceivedInsta
     )
 
 
-def _items(plans: list[StudyPlan]) -> Iterator[IndexItem]:
+def index_items(plans: list[StudyPlan]) -> Iterator[IndexItem]:
     """Every item STOW would have written for these studies, with final aggregates."""
     now = datetime.now(UTC)
     stored = StoredObject("generated", None, "0" * 64, 0)
@@ -144,7 +144,7 @@ def _items(plans: list[StudyPlan]) -> Iterator[IndexItem]:
             yield PostingItem(*posting.key, study_uid=plan.uid)
         first: ReceivedInstance | None = None
         for series_number, (series_uid, _, size) in enumerate(plan.series):
-            instances = [_instance(plan, series_number, n) for n in range(1, size + 1)]
+            instances = [generated_instance(plan, series_number, n) for n in range(1, size + 1)]
             first = first or instances[0]
             for posting in keys.series_postings(instances[0].series_json, plan.uid, series_uid):
                 yield PostingItem(*posting.key, study_uid=plan.uid, series_uid=series_uid)
@@ -166,7 +166,7 @@ def _items(plans: list[StudyPlan]) -> Iterator[IndexItem]:
 def load(table: str, plans: list[StudyPlan]) -> int:
     backend = get_backend("dynamodb")[ACCOUNT_ID][REGION]
     count = 0
-    for item in _items(plans):
+    for item in index_items(plans):
         backend.put_item(table, item.serialize())
         count += 1
     return count

@@ -1,8 +1,9 @@
 """A hospital PACS for the end-to-end tests: Orthanc from Debian, with its DICOMweb plugin.
 
 Orthanc (package ``orthanc``) and the DICOMweb plugin (``orthanc-dicomweb``) are installed by
-:func:`tests.e2e.debian.ensure_packages` and started on loopback with a configuration written
-into a temporary directory, configured as a hospital would configure it to push to our store:
+the ``ensure_packages`` fixture and started on loopback by :mod:`infra.orthanc` (which
+``make bench`` shares) with a configuration written into a temporary directory, configured
+as a hospital would configure it to push to our store:
 one DICOMweb server entry per token (the uploader's write scope for STOW-RS, the viewer's
 read scope for QIDO-RS and WADO-RS), and a Lua hook that forwards each instance alone as it
 arrives (:data:`FORWARD_EACH_INSTANCE`).
@@ -18,28 +19,29 @@ every instance that fits in any STOW-RS request at all.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
+from infra import orthanc as _orthanc
+from infra.orthanc import LOG_NAME, PACKAGES, PLUGIN_PATH, REQUEST_TIMEOUT_S, Orthanc, OrthancError
 from tests.e2e.conftest import Runtime, free_port
 
-PACKAGES = ("orthanc", "orthanc-dicomweb")
-PLUGIN_PATH = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
-REQUEST_TIMEOUT_S = 300
-LOG_NAME = "orthanc.log"
+__all__ = [
+    "FORWARD_EACH_INSTANCE",
+    "LOG_NAME",
+    "PACKAGES",
+    "PLUGIN_PATH",
+    "READ_SERVER",
+    "REQUEST_TIMEOUT_S",
+    "WRITE_SERVER",
+    "Orthanc",
+    "configuration",
+    "orthanc_fixture",
+    "start_orthanc",
+]
 
 WRITE_SERVER = "ours"  # the uploader's token: STOW-RS only
 READ_SERVER = "ours-read"  # the viewer's token: QIDO-RS and WADO-RS
@@ -85,113 +87,24 @@ def configuration(
             "Timeout": 60,
         }
 
-    return {
-        "Name": "E2E-PACS",
-        "StorageDirectory": str(directory / "storage"),
-        "IndexDirectory": str(directory / "storage"),
-        "StorageCompression": False,  # files as received: the byte-for-byte comparison needs it
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,  # answer loopback clients only
-        "AuthenticationEnabled": False,
-        # Orthanc 1.10 cannot bind its DICOM server to loopback: leave it off (nothing here
-        # speaks DIMSE), on a free port should it be turned on.
-        "DicomServerEnabled": False,
-        "DicomPort": dicom_port,
-        "ConcurrentJobs": 4,  # forwards in flight at once
-        "SaveJobs": False,
-        "JobsHistorySize": 1000,
-        "LuaScripts": [str(directory / "forward.lua")],
-        "Plugins": [str(PLUGIN_PATH)],
-        "DicomWeb": {
-            "Enable": True,
-            "Root": "/dicom-web/",
-            "Servers": {WRITE_SERVER: server(write_token), READ_SERVER: server(read_token)},
-        },
-    }
-
-
-@dataclass
-class Orthanc:
-    """A running Orthanc and a small client of its REST API."""
-
-    process: subprocess.Popen[bytes]
-    directory: Path
-    http_port: int
-    _log_handle: Any = field(repr=False)
-    session: requests.Session = field(default_factory=requests.Session, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.directory / LOG_NAME
-
-    def log_tail(self, lines: int = 60) -> str:
-        """The end of Orthanc's log, and where the whole of it is, for failure messages."""
-        try:
-            text = self.log_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return f"(no Orthanc log at {self.log_file})"
-        tail = "\n".join(text.splitlines()[-lines:])
-        return f"Orthanc log ({self.log_file}), last {lines} lines:\n{tail}"
-
-    def get(self, path: str) -> requests.Response:
-        return self.session.get(self.url + path, timeout=REQUEST_TIMEOUT_S)
-
-    def post(self, path: str, body: bytes | dict[str, Any]) -> requests.Response:
-        data = json.dumps(body).encode() if isinstance(body, dict) else body
-        return self.session.post(self.url + path, data=data, timeout=REQUEST_TIMEOUT_S)
-
-    def delete(self, path: str) -> requests.Response:
-        return self.session.delete(self.url + path, timeout=REQUEST_TIMEOUT_S)
-
-    def stop(self) -> None:
-        """SIGTERM (Orthanc closes its database), then wait; SIGKILL our own group if it hangs."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)  # our own process group only
-                self.process.wait(timeout=10)
-        self.session.close()
-        self._log_handle.close()
+    config = _orthanc.configuration(
+        directory,
+        http_port=http_port,
+        dicom_port=dicom_port,
+        name="E2E-PACS",
+        lua_scripts=[directory / "forward.lua"],
+        dicomweb_servers={WRITE_SERVER: server(write_token), READ_SERVER: server(read_token)},
+    )
+    config.update({"ConcurrentJobs": 4, "SaveJobs": False, "JobsHistorySize": 1000})  # forwards in flight
+    return config
 
 
 def start_orthanc(directory: Path, config: dict[str, Any], *, lua: str = FORWARD_EACH_INSTANCE) -> Orthanc:
     """Write the configuration and the Lua hook, start Orthanc, wait until ``/system`` answers."""
-    executable = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "forward.lua").write_text(lua, encoding="utf-8")
-    config_file = directory / "orthanc.json"
-    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    log = open(directory / LOG_NAME, "ab")  # noqa: SIM115 (closed by Orthanc.stop)
-    process = subprocess.Popen(
-        [executable, "--verbose", str(config_file)],
-        cwd=directory,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: cleanup never touches anything else
-    )
-    orthanc = Orthanc(process, directory, int(config["HttpPort"]), log)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            orthanc.stop()
-            pytest.fail(f"Orthanc exited with {process.returncode} at start.\n{orthanc.log_tail()}")
-        try:
-            if orthanc.get("/system").status_code == 200:
-                return orthanc
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            orthanc.stop()
-            pytest.fail(
-                f"Orthanc did not answer /system within {START_TIMEOUT_S:.0f} s.\n{orthanc.log_tail()}"
-            )
-        time.sleep(0.2)
+    try:
+        return _orthanc.start_orthanc(directory, config, files={"forward.lua": lua})
+    except OrthancError as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture(scope="module", name="orthanc")
