@@ -13,19 +13,23 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from dicomweb_core import config
 from dicomweb_core.dicom.failures import FailureReason
+from dicomweb_core.index.models import StudyItem
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.upload.declared import MAX_FILES, PART_BYTES, ingest_key
 from infra.datasets.generate import make_instance, new_uid
 from infra.local.provision import Stack
 from infra.samtemplate import load_template
+from tests.faults import Faults
 from tests.lambda_harness import LambdaContext, load_handler, route_for, sqs_record
 from tests.moto_stack import provisioned
 
@@ -365,3 +369,55 @@ def test_a_session_is_its_openers_alone(env: Env) -> None:
     assert env.status(session["sessionId"], subject="someone-else")[0] == 404
     assert env.status("f" * 32)[0] == 404
     assert env.status("not-a-session")[0] == 404
+
+
+def test_a_server_side_error_is_retried_by_the_queue_and_nothing_is_recorded(
+    env: Env, faults: Faults
+) -> None:
+    # Given the calls an ingest makes (counted on a first upload)...
+    def next_record(data: bytes) -> tuple[str, dict[str, Any]]:
+        session = env.open(data)
+        env.put(ingest_key(session["sessionId"], 0), data)
+        queue = env.stack.physical_ids["IngestQueue"]
+        message = env.sqs.receive_message(QueueUrl=queue)["Messages"][0]
+        env.sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+        return session["sessionId"], sqs_record(message["MessageId"], json.loads(message["Body"]))
+
+    _, counted = next_record(make_instance())
+    with faults.armed():
+        env.ingest.handler({"Records": [counted]}, LambdaContext("IngestFunction"))
+    put = faults.calls.index("PutObject")
+
+    # ...when another upload's store fails on the server's side (S3 refuses its PUT)
+    sid, record = next_record(make_instance())
+    # Then the invocation fails (a batch whose every record failed: the queue redelivers it),
+    # nothing is recorded and the upload stays in place; the redelivery stores it
+    with faults.armed("fail", at=put), pytest.raises(BatchProcessingError):
+        env.ingest.handler({"Records": [record]}, LambdaContext("IngestFunction"))
+    assert env.status(sid)[1]["counts"]["pending"] == 1
+    assert env.keys("ingest/") == [ingest_key(sid, 0)]
+    assert env.ingest.handler({"Records": [record]}, LambdaContext("IngestFunction")) == {
+        "batchItemFailures": []
+    }
+    assert env.status(sid)[1]["counts"]["stored"] == 1
+
+
+def test_an_upload_into_a_study_being_deleted_is_refused_not_retried(env: Env) -> None:
+    # Given a stored study whose DELETE has begun (the study item marked deleting)
+    study = new_uid()
+    first = make_instance(study=study)
+    a = env.open(first)
+    env.put(ingest_key(a["sessionId"], 0), first)
+    env.deliver()
+    StudyItem(*StudyItem.key(study)).update(actions=[StudyItem.deleting.set(datetime.now(UTC))])
+
+    # When another instance of that study arrives through a session
+    late = make_instance(study=study)
+    b = env.open(late)
+    env.put(ingest_key(b["sessionId"], 0), late)
+    env.deliver()
+
+    # Then it is refused for good (recorded, quarantined), not handed back to the queue
+    refused = env.status(b["sessionId"])[1]["files"][0]
+    assert refused["state"] == "failed" and "deleted" in refused["message"]
+    assert env.keys("quarantine/") == [f"quarantine/{b['sessionId']}/0000"]

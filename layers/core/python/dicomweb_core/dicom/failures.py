@@ -35,6 +35,9 @@ class Failure:
     message: str
     sop_class_uid: str | None = None
     sop_instance_uid: str | None = None
+    # A server-side error, not a verdict on the instance: the same bytes may be stored on
+    # a retry (a refusal such as a duplicate or a study being deleted is not retryable).
+    retryable: bool = False
 
 
 class InstanceRejected(Exception):
@@ -47,8 +50,9 @@ class InstanceRejected(Exception):
         *,
         sop_class_uid: str | None = None,
         sop_instance_uid: str | None = None,
+        retryable: bool = False,
     ) -> None:
-        self.failure = Failure(reason, message, sop_class_uid, sop_instance_uid)
+        self.failure = Failure(reason, message, sop_class_uid, sop_instance_uid, retryable)
         super().__init__(message)
 
     def with_uids(self, sop_class_uid: str | None, sop_instance_uid: str | None) -> InstanceRejected:
@@ -63,4 +67,5 @@ class InstanceRejected(Exception):
             failure.message,
             sop_class_uid=failure.sop_class_uid,
             sop_instance_uid=failure.sop_instance_uid,
+            retryable=failure.retryable,
         )

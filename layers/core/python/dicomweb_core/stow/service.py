@@ -212,6 +212,7 @@ class StowService:
                 "the instance could not be stored because of a server-side error; nothing was kept, retry.",
                 sop_class_uid=instance.sop_class_uid,
                 sop_instance_uid=instance.sop_instance_uid,
+                retryable=True,
             ) from None
 
     def _write(self, instance: ReceivedInstance) -> StoredInstance:

@@ -86,7 +86,7 @@ class IngestService:
                 session, index, key, version_id, reason=refusal, code=FailureReason.CANNOT_UNDERSTAND
             )
         outcome = outcome_of(index, self.stow.store_all([memoryview(data)], study=None))
-        if outcome.failure is not None and outcome.failure.reason is FailureReason.PROCESSING_FAILURE:
+        if outcome.failure is not None and outcome.failure.retryable:
             # A server-side error (not the object's fault): raise, so the queue retries.
             raise RuntimeError(f"storing {key} failed: {outcome.failure.message}")
         self.sessions.record(session, outcome)
