@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from dicomweb_core.web.multipart import encode_multipart, multipart_content_type
 from infra.accounting.dynamodb import Snapshot, Storage, TableSchema, Units, consumed_units, table_storage
 from infra.accounting.invocations import ENVIRONMENT_VARIABLE, Invocation, load_invocations
 from infra.bench.cost_report import render
-from infra.bench.stow import _batches, ct_series, free_port
+from infra.bench.stow import _batches, bench_options, ct_series
 from infra.local.serve import LocalStack, Options
 
 HTTP_API_METERING_BYTES = 512 * 1024  # an HTTP API request is metered per 512 KB
@@ -275,19 +275,9 @@ def measure(stack: LocalStack, calls: Path, *, instances: int, repeats: int) -> 
 
 
 def cost_options(local_dir: Path, stable_age_seconds: int) -> Options:
-    """The local runtime with the template's defaults (every hook on), no snapshots."""
-    return Options(
-        host="127.0.0.1",
-        port=free_port(),
-        local_dir=local_dir,
-        auth=True,
-        load=None,
-        cors_origins=(),
-        persist=False,
-        stable_age_seconds=stable_age_seconds,
-        parameter_overrides=(),
-        schedules=False,  # a reconciliation run would land in the figures
-    )
+    """The benchmarks' runtime (no snapshots, no scheduled runs) with the template's
+    defaults instead of quiet hooks: every hook on, as a deployment runs."""
+    return replace(bench_options(local_dir), stable_age_seconds=stable_age_seconds, parameter_overrides=())
 
 
 def run(*, quick: bool = False, instances: int | None = None, out: Path | None = COST_DOC) -> str:
