@@ -13,6 +13,7 @@ from dicomweb_core.stow.service import StowService
 from infra.local.provision import Stack, provision
 from infra.local.streams import withdraw_cancelled_stream_records
 from infra.samtemplate import load_template
+from tests.streams import settle
 
 BASE_URL = "https://dicom.example.test"
 REGION = "us-east-1"
@@ -51,6 +52,8 @@ def stow_service(settings: Settings) -> StowService:
 
 
 def store_ok(stow: StowService, *payloads: bytes) -> None:
-    """Store Part 10 payloads through the ingest service; every one must be stored."""
+    """Store Part 10 payloads through the ingest service; every one must be stored. Then the
+    aggregates are recounted, as AggregatesFunction does a moment after the commits."""
     outcome = stow.store_all([memoryview(p) for p in payloads], study=None)
     assert not outcome.failures, outcome.failures
+    settle()

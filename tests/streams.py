@@ -13,13 +13,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import boto3
+
 from dicomweb_core.changefeed.feed import ChangeFeed
+from dicomweb_core.index.aggregates import Aggregates, touched_in
 from infra.local.provision import Stack
 from infra.local.streams import StreamPoller, StreamPositions
 from infra.local.workers import FunctionError
 from infra.samtemplate import load_template
 
 FUNCTION = "ChangeFeedFunction"
+AGGREGATES = "AggregatesFunction"
+REGION = "us-east-1"  # tests.moto_stack's
 # Checkpoints of every stack's streams; a stream ARN names its table's creation, so stacks of
 # different tests never share one.
 _POSITIONS = StreamPositions()
@@ -53,10 +58,62 @@ def deliver_stream(
     stack: Stack, *, feed: ChangeFeed | None = None, tables: tuple[str, ...] = ()
 ) -> InProcess:
     """Deliver every record committed since the last delivery (of ``tables``' streams, by
-    logical id; all of the template's by default), as the event source mappings would."""
+    logical id; all of the template's by default), as the event source mappings would: the
+    aggregates are recounted, then the change feed publishes."""
+    settle(stack, tables=tables)
     invoker = InProcess(feed or template_feed(stack))
-    for source in load_template().stream_sources():
-        if tables and source.table not in tables:
+    _drain(stack, FUNCTION, invoker, tables)
+    return invoker
+
+
+class AggregatesInProcess:
+    """AggregatesFunction's handler code, invoked in this process."""
+
+    def __init__(self, aggregates: Aggregates | None = None) -> None:
+        self.aggregates = aggregates or Aggregates()
+
+    def invoke(self, event: Mapping[str, Any]) -> Any:
+        try:
+            self.aggregates.recount(touched_in(event["Records"]))
+        except Exception as error:
+            raise FunctionError(repr(error)) from error
+        return {"batchItemFailures": []}
+
+
+def settle(
+    stack: Stack | None = None, *, tables: tuple[str, ...] = (), aggregates: Aggregates | None = None
+) -> None:
+    """Recount the studies and series that writes since the last call touched, as
+    AggregatesFunction does a moment after each commit (index.aggregates). Without ``stack``:
+    every table with a stream in this process's moto account."""
+    if stack is not None:
+        _drain(stack, AGGREGATES, AggregatesInProcess(aggregates), tables)
+        return
+    sources = load_template().stream_sources()
+    (source, *_) = [s for s in sources if s.function == AGGREGATES]
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    for table in dynamodb.list_tables()["TableNames"]:
+        stream_arn = dynamodb.describe_table(TableName=table)["Table"].get("LatestStreamArn")
+        if stream_arn:
+            for reader in {s.function for s in sources}:  # no record trimmed before all read it
+                _POSITIONS.register(reader, stream_arn)
+            StreamPoller(
+                source,
+                streams=boto3.client("dynamodbstreams", region_name=REGION),
+                stream_arn=stream_arn,
+                pool=AggregatesInProcess(aggregates),
+                positions=_POSITIONS,
+                region=REGION,
+                retry_after_s=0,
+            ).drain()
+
+
+def _drain(stack: Stack, function: str, invoker: Any, tables: tuple[str, ...]) -> None:
+    sources = load_template().stream_sources()
+    for source in sources:  # every reader of a stream counts before any record is trimmed
+        _POSITIONS.register(source.function, stack.attributes[source.table]["StreamArn"])
+    for source in sources:
+        if source.function != function or (tables and source.table not in tables):
             continue
         StreamPoller(
             source,
@@ -69,4 +126,3 @@ def deliver_stream(
             on_failure_url=stack.physical_ids[source.on_failure] if source.on_failure else None,
             retry_after_s=0,
         ).drain()
-    return invoker

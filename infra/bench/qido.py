@@ -154,8 +154,12 @@ def index_items(plans: list[StudyPlan]) -> Iterator[IndexItem]:
             for instance in instances:
                 yield items.instance_item(instance, stored, now, series_sort=f"{sort}#{series_uid}")
         assert first is not None
-        study = items.study_item(first, items.WriteContext(False, False, sort, None, combo, deletions=0), now)
+        study = items.study_item(first, items.WriteContext(False, False, sort, deletions=0), now)
+        # the aggregates as AggregatesFunction leaves them (index.aggregates)
         study.modalities = {m for _, m, _ in plan.series}
+        study.modality_combo = combo
+        for name, value in keys.modality_combo_attributes(combo, plan.uid, sort).items():
+            setattr(study, name, value)
         study.series_count = len(plan.series)
         study.instance_count = sum(size for _, _, size in plan.series)
         yield study

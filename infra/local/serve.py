@@ -82,8 +82,9 @@ class Options:
     load: Path | None
     cors_origins: tuple[str, ...]
     persist: bool = True  # snapshot moto to $LOCAL_DIR (the benchmarks turn it off)
-    # The tables' change feed (DynamoDB streams -> InstanceStored); off for a benchmark that
-    # writes index items straight into moto, which must not all be announced.
+    # The tables' stream consumers (DynamoDB streams -> InstanceStored, and the recounted
+    # study and series aggregates); off for a benchmark that writes index items, aggregates
+    # included, straight into moto, which must not all be announced.
     change_feed: bool = os.environ.get("CHANGE_FEED", "on").strip().lower() != "off"
     # Scheduled functions (reconciliation); off for benchmarks, whose figures they would blur.
     schedules: bool = os.environ.get("SCHEDULES", "on").strip().lower() != "off"

@@ -58,7 +58,7 @@ class StreamPositions:
         self.path = path
         self._lock = threading.Lock()
         self._positions: dict[str, str] = {}
-        self._consumers: dict[tuple[str, str], set[str]] = {}  # (stream, shard) -> consumers
+        self._consumers: dict[str, set[str]] = {}  # stream -> the functions that read it
         if resume and path is not None and path.exists():
             self._positions = {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
 
@@ -66,9 +66,10 @@ class StreamPositions:
     def key(function: str, stream_arn: str, shard: str) -> str:
         return f"{function}|{stream_arn}|{shard}"
 
-    def register(self, function: str, stream_arn: str, shard: str) -> None:
+    def register(self, function: str, stream_arn: str) -> None:
+        """``function`` reads ``stream_arn``: no record is trimmed before it has passed it."""
         with self._lock:
-            self._consumers.setdefault((stream_arn, shard), set()).add(function)
+            self._consumers.setdefault(stream_arn, set()).add(function)
 
     def get(self, function: str, stream_arn: str, shard: str) -> str | None:
         with self._lock:
@@ -81,7 +82,7 @@ class StreamPositions:
     def low_water(self, stream_arn: str, shard: str) -> int | None:
         """The sequence number every consumer of the shard has passed (None: one has not begun)."""
         with self._lock:
-            consumers = self._consumers.get((stream_arn, shard), set())
+            consumers = self._consumers.get(stream_arn, set())
             done = [self._positions.get(self.key(c, stream_arn, shard)) for c in consumers]
         if not done or any(d is None for d in done):
             return None
@@ -134,6 +135,7 @@ class StreamPoller:
                 f"{self.source.function}: the local runtime reads streams from TRIM_HORIZON only "
                 f"(StartingPosition {self.source.starting_position})"
             )
+        self.positions.register(self.source.function, self.stream_arn)
 
     @property
     def name(self) -> str:
@@ -161,7 +163,6 @@ class StreamPoller:
         """One invocation at most: "delivered", "retry" (a batch failed) or "idle"."""
         shards = self.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]["Shards"]
         for shard in (s["ShardId"] for s in shards):
-            self.positions.register(self.source.function, self.stream_arn, shard)
             delivery = self._pending.get(shard) or self._read(shard)
             if delivery is None:
                 continue

@@ -34,7 +34,7 @@ from infra.samtemplate import load_template
 from tests.faults import Crash, Faults
 from tests.lambda_harness import LambdaContext, load_handler
 from tests.moto_stack import provisioned, stow_service
-from tests.streams import InProcess, deliver_stream, template_feed
+from tests.streams import FUNCTION, InProcess, deliver_stream, template_feed
 
 TEMPLATE = load_template()
 
@@ -121,7 +121,7 @@ class RefusingEvents:
 
 def stream_poller(env: Env, invoker: InProcess, *, positions: StreamPositions | None = None) -> StreamPoller:
     """The local runtime's poller on the primary index table's stream, with its template settings."""
-    (source,) = [s for s in TEMPLATE.stream_sources() if s.table == "IndexTable"]
+    (source,) = [s for s in TEMPLATE.stream_sources() if s.table == "IndexTable" and s.function == FUNCTION]
     return StreamPoller(
         source,
         streams=env.stack.client("dynamodbstreams"),
@@ -412,7 +412,7 @@ def test_a_batch_that_keeps_failing_goes_to_the_dead_letter_queue_and_the_stream
     # Given EventBridge failing every call for longer than the mapping's retries
     doomed = make_dataset()
     env.stow(doomed)
-    (source,) = [s for s in TEMPLATE.stream_sources() if s.table == "IndexTable"]
+    (source,) = [s for s in TEMPLATE.stream_sources() if s.table == "IndexTable" and s.function == FUNCTION]
     events = RefusingEvents(call=1, times=source.maximum_retry_attempts + 1)
     # When the stream is delivered
     invoked = deliver_stream(env.stack, feed=template_feed(env.stack, _client=events), tables=("IndexTable",))
@@ -496,7 +496,7 @@ def test_the_handler_publishes_and_reports_an_unreadable_record(env: Env, change
 def test_both_index_tables_stream_to_the_change_feed_with_an_alarmed_dead_letter_queue(env: Env) -> None:
     # Given the template's tables and stream sources
     tables = TEMPLATE.resources_of_type("AWS::DynamoDB::Table")
-    sources = {s.table: s for s in TEMPLATE.stream_sources()}
+    sources = {s.table: s for s in TEMPLATE.stream_sources() if s.function == FUNCTION}
     # Then both index tables stream old and new images to ChangeFeedFunction from the start
     for table in ("IndexTable", "DeidTable"):
         assert tables[table]["Properties"]["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
@@ -538,7 +538,7 @@ def test_saved_positions_resume_without_replaying_old_records(env: Env, tmp_path
     path = tmp_path / "stream-positions.json"
     env.stow(make_dataset(), make_dataset())
     before = StreamPositions(path)
-    before.register("SlowerFunction", *stream_shard(env))
+    before.register("SlowerFunction", stream_shard(env)[0])
     stream_poller(env, InProcess(template_feed(env.stack)), positions=before).drain()
     before.save()
     assert len(env.published()) == 2

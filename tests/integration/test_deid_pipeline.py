@@ -46,7 +46,7 @@ from infra.samtemplate import load_template
 from tests.faults import FAULTS, Crash, Faults
 from tests.lambda_harness import LambdaContext, load_handler, sqs_record
 from tests.moto_stack import provisioned, stow_service
-from tests.streams import deliver_stream
+from tests.streams import deliver_stream, settle
 from tests.write_invariants import check
 
 ALL_MODALITIES = Rules(frozenset({"*"}), quarantine_burned_in=True)
@@ -158,6 +158,7 @@ class DeidEnv:
 
     # ------------------------------------------------------------ the research store
     def research_study(self, original_study: str) -> StudyItem | None:
+        settle()  # the research store's aggregates, as AggregatesFunction recounts them
         bind_table(self.research.table_name)
         try:
             return StudyItem.get(*StudyItem.key(self.deidentifier.uid(original_study)), consistent_read=True)

@@ -41,6 +41,7 @@ from infra.local.provision import Stack
 from infra.samtemplate import load_template
 from tests.lambda_harness import LambdaContext, load_handler, sqs_record
 from tests.moto_stack import provisioned, stow_service
+from tests.streams import settle
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -102,6 +103,7 @@ class InferenceEnv:
             ds.SOPInstanceUID = new_uid()
         outcome = self.stow.store_all([memoryview(to_part10(ds)) for ds in datasets], study=None)
         assert not outcome.failures, outcome.failures
+        settle()
         item = SeriesItem.get(*SeriesItem.key(study, series))
         detail = {
             "studyInstanceUID": study,
@@ -164,6 +166,7 @@ def test_a_stable_ct_series_gets_a_seg_and_an_sr_in_its_study(env: InferenceEnv)
     (seg,) = objects[SEG_STORAGE]
     (sr,) = objects[COMPREHENSIVE_3D_SR]
     assert seg.StudyInstanceUID == sr.StudyInstanceUID == study
+    settle()  # the study's count, once AggregatesFunction has read the results' commits
     assert StudyItem.get(*StudyItem.key(study)).instance_count == len(datasets) + 2
     # And the SEG references the source images and carries the algorithm identification
     sources = {ds.SOPInstanceUID for ds in datasets}

@@ -29,6 +29,7 @@ from dicomweb_core.qido.view import Entity
 from infra.datasets.generate import to_part10
 from tests.moto_stack import BASE_URL, moto_account, provisioned, stow_service
 from tests.qido_oracle import INSTANCE, SERIES, STUDY, Corpus, Oracle, build_corpus
+from tests.streams import settle
 
 LEVELS = {STUDY: Level.STUDY, SERIES: Level.SERIES, INSTANCE: Level.INSTANCE}
 SR_CLASSES = f"{BasicTextSRStorage},{EnhancedSRStorage},{ComprehensiveSRStorage}"
@@ -50,13 +51,14 @@ class Store:
 def store() -> Iterator[Store]:
     """The corpus stored through StowService into moto resources made from template.yaml."""
     with moto_account():
-        _, settings = provisioned(base_url=BASE_URL)
+        stack, settings = provisioned(base_url=BASE_URL)
         service = stow_service(settings)
         corpus = build_corpus()
         payloads = [memoryview(to_part10(ds)) for ds in corpus.datasets]
         for start in range(0, len(payloads), 25):
             outcome = service.store_all(payloads[start : start + 25], study=None)
             assert not outcome.failures, outcome.failures
+        settle(stack)  # the aggregates, recounted from the stream as AggregatesFunction does
         yield Store(corpus, Oracle(corpus.datasets))
 
 

@@ -20,6 +20,7 @@ from infra.datasets.generate import make_dataset, to_part10
 from infra.local.provision import provision
 from infra.samtemplate import REPO_ROOT, load_template
 from tests.lambda_harness import LambdaContext, load_handler
+from tests.streams import settle
 
 EVENTS = REPO_ROOT / "events"
 
@@ -66,6 +67,7 @@ def test_multipart_sample_event_stores_both_into_the_study(stow: ModuleType) -> 
     assert status == 200
     assert len(body["00081199"]["Value"]) == 2
     study = event["pathParameters"]["study"]
+    settle()
     assert int(StudyItem.get(*StudyItem.key(study)).instance_count) == 2
 
 

@@ -252,6 +252,7 @@ def test_the_template_sends_audit_records_and_api_access_logs_to_one_retained_gr
             "SeriesMetadataFunction",
             "BundleFunction",
             "ChangeFeedFunction",  # announces commits; it reads no instance and no PHI
+            "AggregatesFunction",  # recounts: reads keys and counts, no PHI
         }
         assert ({"Ref": "AuditWritePolicy"} in policies) is emits, name
 

@@ -21,15 +21,11 @@ from typing import TYPE_CHECKING, Any
 import boto3
 
 from dicomweb_core.changefeed.detail import instance_stored
-from dicomweb_core.changefeed.records import (
-    MODALITY_ATTRIBUTE,
-    StreamRecord,
-    UnreadableRecord,
-    committed_write,
-)
+from dicomweb_core.changefeed.records import MODALITY_ATTRIBUTE, committed_write
 from dicomweb_core.config import ConfigurationError
 from dicomweb_core.events import INSTANCE_STORED
 from dicomweb_core.index.models import IndexItem, SeriesItem
+from dicomweb_core.index.stream import StreamRecord, UnreadableRecord
 from dicomweb_core.observability import logger
 
 if TYPE_CHECKING:

@@ -25,49 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicomweb_core.index.models import IndexItem, InstanceItem
+from dicomweb_core.index.stream import INSERT, MODIFY, StreamRecord, UnreadableRecord
 
-INSERT = "INSERT"
-MODIFY = "MODIFY"
 MODALITY_ATTRIBUTE = "modality"  # as the series item names it
 _INSTANCE_KIND = IndexItem.kind.get_discriminator(InstanceItem)
-
-
-class UnreadableRecord(ValueError):
-    """A stream record without the fields every DynamoDB stream record carries."""
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRecord:
-    """One record of a DynamoDB stream (the ``Records`` of Lambda's event)."""
-
-    sequence_number: str
-    event_name: str  # INSERT | MODIFY | REMOVE
-    table: str  # the table whose stream it came from
-    new_image: Mapping[str, Any] | None  # attribute values in DynamoDB's typed JSON
-    old_image: Mapping[str, Any] | None
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> StreamRecord:
-        try:
-            change = raw["dynamodb"]
-            return cls(
-                sequence_number=str(change["SequenceNumber"]),
-                event_name=str(raw["eventName"]),
-                table=table_of(str(raw["eventSourceARN"])),
-                new_image=change.get("NewImage"),
-                old_image=change.get("OldImage"),
-            )
-        except (KeyError, TypeError) as error:
-            raise UnreadableRecord(f"not a DynamoDB stream record: missing {error}") from None
-
-
-def table_of(stream_arn: str) -> str:
-    """The table name in a stream ARN: ``arn:aws:dynamodb:<region>:<account>:table/<name>/stream/<label>``."""
-    resource = stream_arn.split(":", 5)[-1]
-    parts = resource.split("/")
-    if len(parts) < 2 or parts[0] != "table" or not parts[1]:
-        raise UnreadableRecord(f"not a DynamoDB stream ARN: {stream_arn[:200]!r}")
-    return parts[1]
 
 
 @dataclass(frozen=True, slots=True)

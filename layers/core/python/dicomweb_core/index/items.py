@@ -1,8 +1,9 @@
-"""The items one stored instance writes, and the aggregate updates it makes (docs/index-design.md).
+"""The items one stored instance writes (docs/index-design.md).
 
 Built here, written by :mod:`dicomweb_core.index.writer` in one transaction: the SOP item
-(uniqueness and where the bytes are), the instance item, the series and study items (or
-their counter updates), with the secondary-index key attributes from ``index.keys``.
+(uniqueness and where the bytes are), the instance item, and for the first instance of a
+series or study its series and study item, with the secondary-index key attributes from
+``index.keys``. Their aggregates are then kept by :mod:`dicomweb_core.index.aggregates`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
-
-from pynamodb.expressions.update import Action
 
 from dicomweb_core.dicom.instance import ReceivedInstance
 from dicomweb_core.index import keys
@@ -34,41 +33,21 @@ class WriteContext:
     study_exists: bool
     series_exists: bool
     study_sort: str
-    old_combo: str | None
-    new_combo: str | None
     deletions: int  # the study's DELETE count, read before the objects were put
-
-
-def study_update(instance: ReceivedInstance, context: WriteContext, now: datetime) -> list[Action]:
-    actions: list[Action] = [
-        StudyItem.instance_count.add(1),
-        StudyItem.series_count.add(0 if context.series_exists else 1),
-        StudyItem.updated_at.set(now),
-    ]
-    if context.new_combo and context.new_combo != context.old_combo:
-        study = instance.study_instance_uid
-        g8 = keys.modality_combo_attributes(context.new_combo, study, context.study_sort)
-        actions += [
-            StudyItem.modalities.add({instance.modality}),
-            StudyItem.modality_combo.set(context.new_combo),
-            IndexItem.g8pk.set(g8["g8pk"]),
-            IndexItem.g8sk.set(g8["g8sk"]),
-        ]
-    return actions
 
 
 def study_item(instance: ReceivedInstance, context: WriteContext, now: datetime) -> StudyItem:
     study = instance.study_instance_uid
     attributes = keys.study_index_attributes(instance.study_json, study)
-    if context.new_combo:
-        attributes |= keys.modality_combo_attributes(context.new_combo, study, context.study_sort)
+    if instance.modality:  # ModalitiesInStudy of its first instance; index.aggregates keeps it
+        attributes |= keys.modality_combo_attributes(instance.modality, study, context.study_sort)
     item = StudyItem(
         *StudyItem.key(study),
         study_uid=study,
         dicom_json=json.dumps(instance.study_json),
         sort_key=context.study_sort,
         modalities={instance.modality} if instance.modality else None,
-        modality_combo=context.new_combo,
+        modality_combo=instance.modality or None,
         series_count=1,
         instance_count=1,
         deletions=context.deletions,

@@ -1,11 +1,13 @@
-"""Adding instances to the index in one DynamoDB transaction.
+"""Adding instances to the index: each write touches only the items it owns.
 
-The transaction puts the SOP item and the instance item with ``attribute_not_exists``
-and moves the study and series aggregates by exactly one instance. Whether the study
-and series are new decides which form each of their writes takes; a conditional check
-on that decision makes concurrent first stores of the same study or series safe: the
-loser's transaction is cancelled and retried with a fresh read. A SOP item that already
-exists cancels the transaction too, so a replayed or retried store never counts twice.
+A stored instance is one DynamoDB transaction of two items, the SOP item and the instance
+item, both ``attribute_not_exists``: no item that another instance's write also touches, so
+writers into one study never conflict. Only the first instance of a series (or study) puts
+the series (and study) item in the same transaction, conditional on its absence: a
+concurrent first store of the same series loses that condition, reads again and retries.
+The study's and series' counts, ModalitiesInStudy and content versions are recounted off the
+write path from the table's stream (:mod:`dicomweb_core.index.aggregates`). A SOP item that
+already exists cancels the transaction, so a replayed or retried store never writes twice.
 
 Each transaction carries a client request token, so botocore's retries of one call (after
 a timeout or a reset, when the commit may have happened) are idempotent; a retry that finds
@@ -13,11 +15,12 @@ the SOP item pointing at the caller's own object knows its earlier attempt commi
 
 Writes race a study DELETE safely (docs/write-safety.md). Before it puts anything in S3, a
 write reads how many DELETEs of its study have begun (the tombstone's count; a DELETE under
-way refuses it at once). Its transaction then requires the study item to carry that same
-count and no ``deleting`` mark, or, for a first store into the study, the tombstone to
-still hold that count. So a DELETE that began after the read, whose sweep may have hidden
-the write's objects, always refuses the write instead of letting it be indexed over a
-delete marker.
+way refuses it at once). A first store into the study requires, in its transaction, the
+tombstone to still hold that count; so does a first store into a series (once per series).
+Every other write reads the tombstone again *after* its commit: if a DELETE began in
+between, the write takes its own two items back (while they still name its object) and is
+refused. A DELETE that began after that read reads the study's
+partition after its own mark, so it sees the instance and deletes it with the study.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from dicomweb_core.index.items import (
     series_item,
     sop_item,
     study_item,
-    study_update,
 )
 from dicomweb_core.index.models import (
     DeletedStudyItem,
@@ -127,7 +129,6 @@ class IndexWriter:
             self._write_search_terms(instance, context)
             try:
                 self._transact_add(instance, stored, context, token=_token(stored, generation))
-                return
             except TransactWriteError as exc:
                 if not exc.cancellation_reasons:
                     # No answer (timeout, reset, throttling after botocore's retries): the
@@ -146,9 +147,43 @@ class IndexWriter:
                 _backoff(attempt)
                 context = self._context(instance, deletions)
                 generation += 1
+                continue
+            if context.series_exists:
+                self._fence_after_commit(instance, stored, deletions)
+            return
         raise IndexContention(
             f"could not index {instance.sop_instance_uid} after {MAX_ATTEMPTS} attempts under contention"
         )
+
+    def _fence_after_commit(self, instance: ReceivedInstance, stored: StoredObject, deletions: int) -> None:
+        """After committing into an existing series: has a DELETE of it begun since ``deletions``
+        was read? Then take this write's items back (only while they still name its object)
+        and raise :class:`StudyDeleted`. One strongly consistent GetItem of the tombstone."""
+        try:
+            tombstone = DeletedStudyItem.get(
+                *DeletedStudyItem.key(instance.study_instance_uid),
+                consistent_read=True,
+                attributes_to_get=["pk", "sk", "kind", "deleting", "deletions"],
+            )
+        except DeletedStudyItem.DoesNotExist:
+            if deletions == 0:
+                return
+            tombstone = None
+        if tombstone is not None and tombstone.deleting is None and _count(tombstone.deletions) == deletions:
+            return
+        with TransactWrite(connection=self._connection) as tx:
+            tx.delete(
+                SopItem(*SopItem.key(instance.sop_instance_uid)), condition=SopItem.s3_key == stored.key
+            )
+            tx.delete(
+                InstanceItem(
+                    *InstanceItem.key(
+                        instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
+                    )
+                ),
+                condition=InstanceItem.s3_key == stored.key,
+            )
+        raise StudyDeleted()
 
     def _context(self, instance: ReceivedInstance, deletions: int) -> WriteContext:
         """One strongly consistent BatchGetItem: does the study exist (and with which
@@ -164,7 +199,7 @@ class IndexWriter:
             for item in IndexItem.batch_get(
                 [study_key, series_key, tombstone_key],
                 consistent_read=True,
-                attributes_to_get=["pk", "sk", "kind", "sort_key", "modality_combo", "deleting", "deletions"],
+                attributes_to_get=["pk", "sk", "kind", "sort_key", "deleting", "deletions"],
             )
         }
         study, tombstone = items.get(study_key), items.get(tombstone_key)
@@ -175,18 +210,10 @@ class IndexWriter:
         if isinstance(tombstone, DeletedStudyItem) and _count(tombstone.deletions) != deletions:
             raise StudyDeleted()
         sort_key = study.sort_key if isinstance(study, StudyItem) else None
-        old_combo = study.modality_combo if isinstance(study, StudyItem) else None
-        series_exists = series_key in items
-        modalities = set(old_combo.split("\\")) if old_combo else set()
-        if instance.modality:
-            modalities.add(instance.modality)
-        new_combo = "\\".join(sorted(modalities)) or None
         return WriteContext(
             study_exists=study is not None,
-            series_exists=series_exists,
+            series_exists=series_key in items,
             study_sort=sort_key or keys.study_sort_key(instance.study_json, instance.study_instance_uid),
-            old_combo=old_combo,
-            new_combo=new_combo,
             deletions=deletions,
         )
 
@@ -203,8 +230,8 @@ class IndexWriter:
             pps_date = keys.text_value(instance.series_json, keys.PPS_START_DATE)
             if pps_date:
                 self._register(PPS_MONTHS, keys.month_of(pps_date))
-        if context.new_combo and context.new_combo != context.old_combo:
-            self._register(MODALITY_COMBOS, context.new_combo)
+            if instance.modality:  # a new study's ModalitiesInStudy (later ones: index.aggregates)
+                self._register(MODALITY_COMBOS, instance.modality)
         if postings:
             with PostingItem.batch_write() as batch:
                 for posting in {p.key: p for p in postings}.values():
@@ -249,10 +276,10 @@ class IndexWriter:
                 current = self.find(instance.sop_instance_uid)
                 if current is not None and current.stored.key == stored.key:
                     return  # our own earlier attempt committed
-                # DynamoDB's order: condition checks, then updates in the order written.
-                if _condition_failed(exc, index=1):
+                # pynamodb's order: the condition checks (series, study), then the updates.
+                if _condition_failed(exc, index=2):
                     raise ConcurrentlyReplaced() from None
-                if any(_condition_failed(exc, index=i) for i in (0, 2, 3)):
+                if any(_condition_failed(exc, index=i) for i in (0, 1, 3)):
                     # The study or series is gone or being deleted, or its attributes differ.
                     if self._study_still_open(instance.study_instance_uid, deletions):
                         raise AttributesChanged() from None
@@ -308,20 +335,22 @@ class IndexWriter:
                 ],
                 condition=InstanceItem.pk.exists(),
             )
-            # The series' metadata version moves, so its cached document is rebuilt. The
-            # series' and study's attributes are their items' (QIDO reads them there): an
-            # overwrite must carry the same ones.
-            tx.update(
-                SeriesItem(*SeriesItem.key(study_uid, instance.series_instance_uid)),
-                actions=[SeriesItem.updated_at.set(now)],
+            # The series' and study's attributes are their items' (QIDO reads them there): an
+            # overwrite must carry the same ones. Its content version moves with the instance
+            # item's ``updated_at`` (index.aggregates), so its cached documents are rebuilt.
+            pk, sk = SeriesItem.key(study_uid, instance.series_instance_uid)
+            tx.condition_check(
+                SeriesItem,
+                pk,
+                sk,
                 condition=SeriesItem.pk.exists()
                 & (SeriesItem.dicom_json == json.dumps(instance.series_json)),
             )
-            pk, sk = StudyItem.key(study_uid)
+            study_pk, study_sk = StudyItem.key(study_uid)
             tx.condition_check(
                 StudyItem,
-                pk,
-                sk,
+                study_pk,
+                study_sk,
                 condition=StudyItem.pk.exists()
                 & _study_open(deletions)
                 & (StudyItem.dicom_json == json.dumps(instance.study_json)),
@@ -341,28 +370,13 @@ class IndexWriter:
                 instance_item(instance, stored, now, series_sort=series_sort),
                 condition=InstanceItem.pk.does_not_exist(),
             )
-            if context.series_exists:
-                tx.update(
-                    SeriesItem(*SeriesItem.key(study, series)),
-                    actions=[SeriesItem.instance_count.add(1), SeriesItem.updated_at.set(now)],
-                    condition=SeriesItem.pk.exists(),
-                )
-            else:
+            if not context.series_exists:
                 tx.save(
                     series_item(instance, now, study_sort=context.study_sort),
                     condition=SeriesItem.pk.does_not_exist(),
                 )
-            if context.study_exists:
-                tx.update(
-                    StudyItem(*StudyItem.key(study)),
-                    actions=study_update(instance, context, now),
-                    condition=StudyItem.pk.exists()
-                    & _combo_unchanged(context.old_combo)
-                    & _study_open(context.deletions),
-                )
-            else:
-                tx.save(study_item(instance, context, now), condition=StudyItem.pk.does_not_exist())
-                # A first store into a study: no DELETE of it may have begun since the read.
+                # A first store into a series (or study): no DELETE of the study may have
+                # begun since the read. Once per series, so writers rarely meet here.
                 pk, sk = DeletedStudyItem.key(study)
                 tx.condition_check(
                     DeletedStudyItem,
@@ -370,12 +384,14 @@ class IndexWriter:
                     sk,
                     condition=_counted(DeletedStudyItem.deletions, context.deletions),
                 )
+            if not context.study_exists:
+                tx.save(study_item(instance, context, now), condition=StudyItem.pk.does_not_exist())
 
 
 def _sop_position(context: WriteContext) -> int:
-    """Where the SOP item's put is in the transaction: DynamoDB orders condition checks first,
-    and a first store into a study carries one (the tombstone's)."""
-    return 0 if context.study_exists else 1
+    """Where the SOP item's put is in the transaction: pynamodb puts condition checks first,
+    and a first store into a series carries one (the tombstone's)."""
+    return 0 if context.series_exists else 1
 
 
 def _token(stored: StoredObject, generation: int) -> str:
@@ -412,12 +428,6 @@ def _existing(item: SopItem) -> ExistingInstance:
         sop_class_uid=item.sop_class_uid,
         stored=StoredObject(item.s3_key, item.s3_version_id, item.sha256, int(item.size)),
     )
-
-
-def _combo_unchanged(old_combo: str | None) -> Condition:
-    if old_combo is None:
-        return StudyItem.modality_combo.does_not_exist()
-    return StudyItem.modality_combo == old_combo
 
 
 def _set_or_remove(attribute: UnicodeAttribute, value: str | None) -> Action:
