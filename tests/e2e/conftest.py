@@ -138,6 +138,16 @@ class Runtime:
             return None
         return int(item["instance_count"]["N"]), int(item["series_count"]["N"])
 
+    def wait_for_counts(
+        self, study: str, counts: tuple[int, int], *, timeout: float = EVENT_TIMEOUT_S
+    ) -> tuple[int, int] | None:
+        """Poll until the study's (instances, series) are ``counts``, as AggregatesFunction
+        recounts them from the stream a moment after the stores; return the last read."""
+        deadline = time.monotonic() + timeout
+        while (found := self.study_counts(study)) != counts and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return found
+
     def object_bytes(self, key: str, version_id: str | None = None) -> bytes | None:
         try:
             extra = {"VersionId": version_id} if version_id else {}

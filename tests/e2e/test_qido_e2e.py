@@ -152,6 +152,9 @@ def patient(runtime: Runtime) -> Patient:
     response = uploader.store_instances(datasets)
     assert FAILED_SOP_SEQUENCE not in {f"{e.tag:08X}" for e in response}, response
     assert len(response.ReferencedSOPSequence) == len(datasets), response
+    # the aggregates follow the stores within seconds (AggregatesFunction, from the stream)
+    assert runtime.wait_for_counts(stored.study, (3, 2)) == (3, 2)
+    assert runtime.wait_for_counts(stored.prior_study, (1, 1)) == (1, 1)
     return stored
 
 
