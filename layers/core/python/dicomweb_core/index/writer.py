@@ -34,7 +34,7 @@ from functools import cached_property
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.connection import Connection
-from pynamodb.exceptions import TransactWriteError
+from pynamodb.exceptions import DeleteError, TransactWriteError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
@@ -171,18 +171,27 @@ class IndexWriter:
             tombstone = None
         if tombstone is not None and tombstone.deleting is None and _count(tombstone.deletions) == deletions:
             return
-        with TransactWrite(connection=self._connection) as tx:
-            tx.delete(
-                SopItem(*SopItem.key(instance.sop_instance_uid)), condition=SopItem.s3_key == stored.key
-            )
-            tx.delete(
+        # Each item only while it names this write's object; the DELETE may have taken it already.
+        own: tuple[IndexItem, Condition] = (
+            SopItem(*SopItem.key(instance.sop_instance_uid)),
+            SopItem.s3_key == stored.key,
+        )
+        for item, condition in (
+            own,
+            (
                 InstanceItem(
                     *InstanceItem.key(
                         instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
                     )
                 ),
-                condition=InstanceItem.s3_key == stored.key,
-            )
+                InstanceItem.s3_key == stored.key,
+            ),
+        ):
+            try:
+                item.delete(condition=condition)
+            except DeleteError as exc:
+                if getattr(exc, "cause_response_code", "") != "ConditionalCheckFailedException":
+                    raise
         raise StudyDeleted()
 
     def _context(self, instance: ReceivedInstance, deletions: int) -> WriteContext:
