@@ -20,7 +20,7 @@ from dicomweb_core.index.aggregates import Aggregates, touched_in
 from infra.local.provision import Stack
 from infra.local.streams import StreamPoller, StreamPositions
 from infra.local.workers import FunctionError
-from infra.samtemplate import load_template
+from infra.samtemplate import StreamSource, load_template
 
 FUNCTION = "ChangeFeedFunction"
 AGGREGATES = "AggregatesFunction"
@@ -89,40 +89,42 @@ def settle(
     if stack is not None:
         _drain(stack, AGGREGATES, AggregatesInProcess(aggregates), tables)
         return
-    sources = load_template().stream_sources()
-    (source, *_) = [s for s in sources if s.function == AGGREGATES]
+    (source, *_) = [s for s in load_template().stream_sources() if s.function == AGGREGATES]
     dynamodb = boto3.client("dynamodb", region_name=REGION)
     for table in dynamodb.list_tables()["TableNames"]:
         stream_arn = dynamodb.describe_table(TableName=table)["Table"].get("LatestStreamArn")
         if stream_arn:
-            for reader in {s.function for s in sources}:  # no record trimmed before all read it
-                _POSITIONS.register(reader, stream_arn)
-            StreamPoller(
-                source,
-                streams=boto3.client("dynamodbstreams", region_name=REGION),
-                stream_arn=stream_arn,
-                pool=AggregatesInProcess(aggregates),
-                positions=_POSITIONS,
-                region=REGION,
-                retry_after_s=0,
-            ).drain()
+            _drain_one(source, stream_arn, AggregatesInProcess(aggregates))
 
 
 def _drain(stack: Stack, function: str, invoker: Any, tables: tuple[str, ...]) -> None:
-    sources = load_template().stream_sources()
-    for source in sources:  # every reader of a stream counts before any record is trimmed
-        _POSITIONS.register(source.function, stack.attributes[source.table]["StreamArn"])
-    for source in sources:
+    for source in load_template().stream_sources():
         if source.function != function or (tables and source.table not in tables):
             continue
-        StreamPoller(
+        _drain_one(
             source,
-            streams=stack.client("dynamodbstreams"),
-            stream_arn=stack.attributes[source.table]["StreamArn"],
-            pool=invoker,
-            positions=_POSITIONS,
-            region=stack.region,
+            stack.attributes[source.table]["StreamArn"],
+            invoker,
             sqs=stack.client("sqs"),
             on_failure_url=stack.physical_ids[source.on_failure] if source.on_failure else None,
-            retry_after_s=0,
-        ).drain()
+        )
+
+
+def _drain_one(
+    source: StreamSource, stream_arn: str, invoker: Any, *, sqs: Any = None, on_failure_url: str | None = None
+) -> None:
+    """Deliver what ``source``'s function has not yet read of one stream, with the local
+    runtime's poller. Every reader of the stream counts first: none misses a trimmed record."""
+    for reader in {s.function for s in load_template().stream_sources()}:
+        _POSITIONS.register(reader, stream_arn)
+    StreamPoller(
+        source,
+        streams=boto3.client("dynamodbstreams", region_name=REGION),
+        stream_arn=stream_arn,
+        pool=invoker,
+        positions=_POSITIONS,
+        region=REGION,
+        sqs=sqs,
+        on_failure_url=on_failure_url,
+        retry_after_s=0,
+    ).drain()

@@ -19,8 +19,8 @@ way refuses it at once). A first store into the study requires, in its transacti
 tombstone to still hold that count; so does a first store into a series (once per series).
 Every other write reads the tombstone again *after* its commit: if a DELETE began in
 between, the write takes its own two items back (while they still name its object) and is
-refused. A DELETE that began after that read reads the study's
-partition after its own mark, so it sees the instance and deletes it with the study.
+refused. A DELETE that begins after that read reads the study's partition after its own
+mark, so it sees the instance and deletes it with the study.
 """
 
 from __future__ import annotations
@@ -172,31 +172,20 @@ class IndexWriter:
         if tombstone is not None and tombstone.deleting is None and _count(tombstone.deletions) == deletions:
             return
         # Each item only while it names this write's object; the DELETE may have taken it already.
-        own: tuple[IndexItem, Condition] = (
-            SopItem(*SopItem.key(instance.sop_instance_uid)),
-            SopItem.s3_key == stored.key,
+        study, series, sop = (
+            instance.study_instance_uid,
+            instance.series_instance_uid,
+            instance.sop_instance_uid,
         )
-        for item, condition in (
-            own,
-            (
-                InstanceItem(
-                    *InstanceItem.key(
-                        instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
-                    )
-                ),
-                InstanceItem.s3_key == stored.key,
-            ),
-        ):
-            try:
-                item.delete(condition=condition)
-            except DeleteError as exc:
-                if getattr(exc, "cause_response_code", "") != "ConditionalCheckFailedException":
-                    raise
+        _delete_unless_changed(SopItem(*SopItem.key(sop)), SopItem.s3_key == stored.key)
+        _delete_unless_changed(
+            InstanceItem(*InstanceItem.key(study, series, sop)), InstanceItem.s3_key == stored.key
+        )
         raise StudyDeleted()
 
     def _context(self, instance: ReceivedInstance, deletions: int) -> WriteContext:
-        """One strongly consistent BatchGetItem: does the study exist (and with which
-        modalities), does the series exist, how many DELETEs of the study have begun.
+        """One strongly consistent BatchGetItem: do the study and the series exist (and the
+        study's sort key), how many DELETEs of the study have begun.
 
         Raises :class:`StudyDeleted` when the study is being deleted, or a DELETE of it
         began since ``deletions`` was read."""
@@ -437,6 +426,15 @@ def _existing(item: SopItem) -> ExistingInstance:
         sop_class_uid=item.sop_class_uid,
         stored=StoredObject(item.s3_key, item.s3_version_id, item.sha256, int(item.size)),
     )
+
+
+def _delete_unless_changed(item: IndexItem, condition: Condition) -> None:
+    """Delete ``item`` if ``condition`` holds; nothing when it does not (changed or gone)."""
+    try:
+        item.delete(condition=condition)
+    except DeleteError as exc:
+        if getattr(exc, "cause_response_code", "") != "ConditionalCheckFailedException":
+            raise
 
 
 def _set_or_remove(attribute: UnicodeAttribute, value: str | None) -> Action:
