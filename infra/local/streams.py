@@ -128,6 +128,9 @@ class StreamPoller:
     activity: Any = None
     retry_after_s: float = RETRY_AFTER_S
     _pending: dict[str, _Delivery] = field(default_factory=dict)
+    # MaximumBatchingWindowInSeconds: when a shard first showed a batch smaller than BatchSize
+    _waiting_since: dict[str, float] = field(default_factory=dict)
+    _draining: bool = False
 
     def __post_init__(self) -> None:
         if self.source.starting_position != "TRIM_HORIZON":
@@ -174,10 +177,15 @@ class StreamPoller:
         return "idle"
 
     def drain(self) -> None:
-        """Deliver until the stream has nothing new (tests: retries wait ``retry_after_s``)."""
-        while (state := self.step()) != "idle":
-            if state == "retry" and self.retry_after_s:
-                time.sleep(self.retry_after_s)
+        """Deliver until the stream has nothing new, without waiting for batches to fill
+        (tests: retries wait ``retry_after_s``)."""
+        self._draining = True
+        try:
+            while (state := self.step()) != "idle":
+                if state == "retry" and self.retry_after_s:
+                    time.sleep(self.retry_after_s)
+        finally:
+            self._draining = False
 
     # ------------------------------------------------------------ reading
     def _read(self, shard: str) -> _Delivery | None:
@@ -193,7 +201,21 @@ class StreamPoller:
         page = self.streams.get_records(ShardIterator=iterator, Limit=self.source.batch_size)
         _forget_iterators(self.stream_arn, iterator, page.get("NextShardIterator"))
         records = page.get("Records", [])
-        return _Delivery(shard, [records]) if records else None
+        if not records or not self._batch_ready(shard, len(records)):
+            return None
+        return _Delivery(shard, [records])
+
+    def _batch_ready(self, shard: str, count: int) -> bool:
+        """As Lambda's batching window: a batch goes when it is full, or when the window has
+        passed since its first record was seen (at once while draining)."""
+        if count >= self.source.batch_size or self._draining or self.source.batching_window_s <= 0:
+            self._waiting_since.pop(shard, None)
+            return True
+        since = self._waiting_since.setdefault(shard, time.monotonic())
+        if time.monotonic() - since < self.source.batching_window_s:
+            return False
+        del self._waiting_since[shard]
+        return True
 
     # ------------------------------------------------------------ delivering
     def _attempt(self, delivery: _Delivery) -> bool:

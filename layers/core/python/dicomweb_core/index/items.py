@@ -65,7 +65,6 @@ def series_item(instance: ReceivedInstance, now: datetime, *, study_sort: str) -
         series_uid=series,
         modality=instance.modality or None,
         dicom_json=json.dumps(instance.series_json),
-        sort_key=attributes["g2sk"],
         instance_count=1,
         updated_at=now,
     )
@@ -106,7 +105,6 @@ def instance_item(
         modality=instance.modality or None,
         transfer_syntax_uid=instance.transfer_syntax_uid,
         dicom_json=json.dumps(instance.instance_json),
-        sort_key=attributes["g2sk"],
         s3_key=stored.key,
         s3_version_id=stored.version_id,
         sha256=stored.sha256,

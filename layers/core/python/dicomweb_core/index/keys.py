@@ -103,9 +103,10 @@ def study_index_attributes(study_json: Mapping[str, Any], study_uid: str) -> dic
     }
     for number, prefix, tag in ((3, "PID", PATIENT_ID), (4, "ACC", ACCESSION_NUMBER), (5, "SID", STUDY_ID)):
         value = text_value(study_json, tag)
-        if value:
+        if value:  # gsi3 and gsi4 sort by the item's own sort_key (models.index_sort_attribute)
             attributes[f"g{number}pk"] = exact_pk(prefix, value)
-            attributes[f"g{number}sk"] = sort_key
+            if number == 5:
+                attributes["g5sk"] = sort_key
     for number, prefix, tag in ((6, "PN", PATIENT_NAME), (7, "RPN", REFERRING_PHYSICIAN_NAME)):
         name = person_name(text_value(study_json, tag))
         if name:
@@ -121,15 +122,16 @@ def modality_combo_attributes(combo: str, study_uid: str, sort_key: str) -> dict
 def series_index_attributes(
     series_json: Mapping[str, Any], *, study_sort: str, series_uid: str
 ) -> dict[str, str]:
+    """The series item's index keys, and ``sort_key`` (gsi2 to gsi4 sort by it)."""
     sort_key = f"{study_sort}#{series_uid}"
     shard = shard_of(series_uid)
-    attributes = {"g2pk": exact_pk("SE", series_uid), "g2sk": sort_key}
+    attributes = {"sort_key": sort_key, "g2pk": exact_pk("SE", series_uid)}
     modality = text_value(series_json, MODALITY)
     if modality:
-        attributes |= {"g3pk": sharded_pk("MOD", modality, shard), "g3sk": sort_key}
+        attributes["g3pk"] = sharded_pk("MOD", modality, shard)
     number = first_value(series_json, SERIES_NUMBER)
     if number is not None:
-        attributes |= {"g4pk": sharded_pk("SNUM", str(int(number)), shard), "g4sk": sort_key}
+        attributes["g4pk"] = sharded_pk("SNUM", str(int(number)), shard)
     pps_date = text_value(series_json, PPS_START_DATE)
     if pps_date:
         attributes |= {"g5pk": date_pk(month_of(pps_date), shard), "g5sk": f"{pps_date}#{sort_key}"}
@@ -139,17 +141,16 @@ def series_index_attributes(
 def instance_index_attributes(
     instance_json: Mapping[str, Any], *, series_sort: str, sop_uid: str, sop_class_uid: str
 ) -> dict[str, str]:
-    sort_key = f"{series_sort}#{sop_uid}"
+    """The instance item's index keys, and ``sort_key`` (gsi2 to gsi4 sort by it)."""
     shard = shard_of(sop_uid)
     attributes = {
+        "sort_key": f"{series_sort}#{sop_uid}",
         "g2pk": exact_pk("I", sop_uid),
-        "g2sk": sort_key,
         "g3pk": sharded_pk("CLS", sop_class_uid, shard),
-        "g3sk": sort_key,
     }
     number = first_value(instance_json, INSTANCE_NUMBER)
     if number is not None:
-        attributes |= {"g4pk": sharded_pk("INUM", str(int(number)), shard), "g4sk": sort_key}
+        attributes["g4pk"] = sharded_pk("INUM", str(int(number)), shard)
     return attributes
 
 

@@ -45,13 +45,24 @@ def _region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
+# gsi2, gsi3 and gsi4 order every entry by the item's own ``sort_key`` (the study's,
+# series' or instance's result order), so an instance item does not carry the same long
+# key three times more, in its base copy and in each index copy (docs/index-design.md).
+SHARED_SORT_KEY_INDEXES = frozenset({2, 3, 4})
+
+
+def index_sort_attribute(number: int) -> str:
+    """The attribute ``gsi<number>`` sorts by."""
+    return "sort_key" if number in SHARED_SORT_KEY_INDEXES else f"g{number}sk"
+
+
 def _gsi(number: int) -> type[GlobalSecondaryIndex[Any]]:
-    """GSI ``gsi<number>`` on ``g<number>pk`` / ``g<number>sk``, all attributes projected."""
+    """GSI ``gsi<number>`` on ``g<number>pk`` and its sort attribute, all attributes projected."""
     meta = type("Meta", (), {"index_name": f"gsi{number}", "projection": AllProjection()})
     namespace = {
         "Meta": meta,
         f"g{number}pk": UnicodeAttribute(hash_key=True),
-        f"g{number}sk": UnicodeAttribute(range_key=True),
+        index_sort_attribute(number): UnicodeAttribute(range_key=True),
     }
     return type(f"Gsi{number}", (GlobalSecondaryIndex,), namespace)
 
@@ -71,11 +82,8 @@ class IndexItem(Model):
     g1pk = UnicodeAttribute(null=True)
     g1sk = UnicodeAttribute(null=True)
     g2pk = UnicodeAttribute(null=True)
-    g2sk = UnicodeAttribute(null=True)
     g3pk = UnicodeAttribute(null=True)
-    g3sk = UnicodeAttribute(null=True)
     g4pk = UnicodeAttribute(null=True)
-    g4sk = UnicodeAttribute(null=True)
     g5pk = UnicodeAttribute(null=True)
     g5sk = UnicodeAttribute(null=True)
     g6pk = UnicodeAttribute(null=True)

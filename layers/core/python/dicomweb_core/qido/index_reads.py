@@ -16,7 +16,15 @@ from typing import Any
 
 from dicomweb_core.errors import PayloadTooLarge
 from dicomweb_core.index import keys
-from dicomweb_core.index.models import IndexItem, PostingItem, RegistryItem, SeriesItem, StudyItem, study_pk
+from dicomweb_core.index.models import (
+    IndexItem,
+    PostingItem,
+    RegistryItem,
+    SeriesItem,
+    StudyItem,
+    index_sort_attribute,
+    study_pk,
+)
 
 DEFAULT_READ_BUDGET = 20_000
 _BATCH_GET = 100
@@ -55,7 +63,7 @@ class IndexReads:
         self, number: int, pk: str, *, begins_with: str | None = None, descending: bool = False
     ) -> Iterator[Any]:
         index = getattr(IndexItem, f"g{number}")
-        sk_attribute = getattr(IndexItem, f"g{number}sk")
+        sk_attribute = _sort_attribute(index)
         condition = sk_attribute.startswith(begins_with) if begins_with else None
         self.stats.queries += 1
         return self.counted(index.query(pk, condition, scan_index_forward=not descending, page_size=100))
@@ -65,7 +73,7 @@ class IndexReads:
     ) -> Iterator[Any]:
         """Several partitions of one GSI merged newest first (descending sort key)."""
         index = getattr(IndexItem, f"g{number}")
-        sk_attribute = getattr(IndexItem, f"g{number}sk")
+        sk_attribute = _sort_attribute(index)
         low, high = bounds
         condition = None
         if low and high:
@@ -82,7 +90,7 @@ class IndexReads:
                 index.query(pk, condition, scan_index_forward=False, page_size=min(page, 1000))
             )
 
-        key_name = f"g{number}sk"
+        key_name = index_sort_attribute(number)
         return heapq.merge(*(stream(pk) for pk in pks), key=lambda i: getattr(i, key_name), reverse=True)
 
     def partition(self, study: str, prefix: str) -> list[IndexItem]:
@@ -129,6 +137,11 @@ class IndexReads:
             wanted = [SeriesItem.key(*pair.split("#", 1)) for pair in chunk]
             found = {(i.pk, i.sk): i for i in self.batch_get(wanted) if isinstance(i, SeriesItem)}
             yield from (found[k] for k in wanted if k in found)
+
+
+def _sort_attribute(index: Any) -> Any:
+    """The range key attribute of a GSI, for key conditions on it."""
+    return next(a for a in type(index).Meta.attributes.values() if a.is_range_key)
 
 
 def _unique_strings(values: Iterable[str]) -> Iterator[str]:
