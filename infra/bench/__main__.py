@@ -8,10 +8,11 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from infra.bench import cost, qido, render, stow, upload, versus_orthanc, wado
+from infra.bench import cost, parallel, qido, render, stow, upload, versus_orthanc, wado
 
 SECTIONS: dict[str, Callable[..., str]] = {
     "stow": stow.run,
+    "parallel": parallel.run,  # 16 senders into one study (issue 14)
     "qido": qido.run,
     "wado": wado.run,
     "render": render.run,
