@@ -234,11 +234,15 @@ def _rule(stack: Stack, logical_id: str, props: Mapping[str, Any]) -> None:
     events = stack.client("events")
     bus = str(stack.resolve(props.get("EventBusName", "default")))
     name = _name(logical_id)
+    state = str(stack.resolve(props.get("State", "ENABLED")))
     events.put_rule(
-        Name=name, EventBusName=bus, EventPattern=json.dumps(stack.resolve(props["EventPattern"]))
+        Name=name,
+        EventBusName=bus,
+        EventPattern=json.dumps(stack.resolve(props["EventPattern"])),
+        State=state,
     )
     targets = [{"Id": t["Id"], "Arn": str(stack.resolve(t["Arn"]))} for t in props.get("Targets", [])]
-    if targets:
+    if targets and state == "ENABLED":  # moto delivers to a disabled rule's targets too
         events.put_targets(Rule=name, EventBusName=bus, Targets=targets)
     stack.physical_ids[logical_id] = name
     stack.attributes[logical_id] = {"Arn": _arn(stack, "events", f"rule/{bus}/{name}")}

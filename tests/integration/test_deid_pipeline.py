@@ -45,7 +45,7 @@ from infra.local.provision import Stack
 from infra.samtemplate import load_template
 from tests.faults import FAULTS, Crash, Faults
 from tests.lambda_harness import LambdaContext, load_handler, sqs_record
-from tests.moto_stack import provisioned, stow_service
+from tests.moto_stack import provisioned, store_ok, stow_service
 from tests.streams import deliver_stream, settle
 from tests.write_invariants import check
 
@@ -501,3 +501,21 @@ def test_deidentification_survives_any_fault_at_any_step(env: DeidEnv, faults: F
             acknowledged[copy.SOPInstanceUID] = [env.expected_copy(detail)]
             bind_table(env.research.table_name)
             check(env.s3, env.research.bucket_name, acknowledged=acknowledged, leaks=leaks)
+
+
+@pytest.mark.parametrize(
+    ("modalities", "queued"),
+    [("*", {"CT", "MR", "SR"}), ("MR,SR", {"MR", "SR"}), ("none", set())],
+)
+def test_the_rule_selects_the_modalities_to_deidentify(aws: None, modalities: str, queued: set[str]) -> None:
+    # Given the stack deployed with DeidModalities set
+    stack, settings = provisioned(parameters={"DeidModalities": modalities})
+    sqs = boto3.client("sqs")
+    # When a CT, an MR and an SR are stored and their commits announced
+    store_ok(stow_service(settings), *(to_part10(phi_rich(modality=m)) for m in ("CT", "MR", "SR")))
+    deliver_stream(stack)
+    # Then DeidRule queued exactly the selected modalities: the function is not invoked for
+    # the others ("none" disables the rule: requested de-identification only)
+    messages = sqs.receive_message(QueueUrl=stack.physical_ids["DeidQueue"], MaxNumberOfMessages=10)
+    found = {json.loads(m["Body"])["detail"]["modality"] for m in messages.get("Messages", [])}
+    assert found == queued
