@@ -157,6 +157,30 @@ def test_study_bundles_are_built_on_study_stable(env: Env) -> None:
     assert sorted(_parts(content_type, body)) == sorted(stored)
 
 
+def test_a_single_series_study_is_served_by_its_series_bundle(env: Env) -> None:
+    # Given a study of one large series whose series bundle was built
+    study, series = new_uid(), new_uid()
+    stored = [big_instance(study, series, n) for n in (1, 2, 3)]
+    env.store(*stored)
+    assert (
+        env.builder().build_series(study, series, SeriesItem.get(*SeriesItem.key(study, series)).version)
+        == "built"
+    )
+    keys_before = env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"bundles/{study}/").get("KeyCount")
+    # When the study becomes stable, Then no second copy of the same body is written
+    version = StudyItem.get(*StudyItem.key(study)).version
+    assert env.builder().build_study(study, version) == "single-series"
+    assert (
+        env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"bundles/{study}/").get("KeyCount") == keys_before
+    )
+    # And the study's retrieval is the series' bundle, with every instance
+    answer = env.get(f"/studies/{study}", DICOM_MULTIPART)
+    assert answer["statusCode"] == 303
+    assert f"bundles/{study}/{series}/" in answer["headers"]["Location"]
+    content_type, body = env.follow(answer["headers"]["Location"])
+    assert sorted(_parts(content_type, body)) == sorted(stored)
+
+
 def test_a_stale_stable_event_builds_nothing(env: Env) -> None:
     study, series = new_uid(), new_uid()
     env.store(*(big_instance(study, series, n) for n in (1, 2, 3)))

@@ -8,7 +8,8 @@ response's Content-Type stored on the object:
 
 - the series, and each of its instances above the limit (for a client that retrieves
   them one by one, as dicomweb-client's ``retrieve_instance`` does, in multipart);
-- the study, on ``StudyStable``;
+- the study, on ``StudyStable``, when it has more than one series (a study of one series
+  is answered with its series' bundle: the same body);
 
 each as stored (``transfer-syntax=*``) and, when some instance is stored in another
 syntax, in the default Explicit VR Little Endian (decompressed or transcoded by
@@ -232,6 +233,8 @@ class BundleBuilder:
         items = instances_of(DicomWebURI("", study=study))
         if not needs_bundle(items):
             return "small"
+        if len({item.series_uid for item in items}) == 1:
+            return "single-series"  # its series' bundle serves the study (wado.redirects)
         for syntax in syntaxes(items):
             self._write(items, syntax, bundle_key(version, syntax, study))
         outcome = self._record(current, StudyItem.bundle_version)

@@ -60,13 +60,14 @@ class LargeAnswers:
             return self._redirect(item.s3_key, item.s3_version_id, uri.base_url)
         assert uri.study is not None
         syntax = prebuilt.bundle_syntax(choice.transfer_syntax, items)
+        # A study of one series has no bundle of its own: its series' bundle is the same body.
+        series_uids = {i.series_uid for i in items}
+        series = uri.series or (series_uids.pop() if len(series_uids) == 1 else None)
         owner: SeriesItem | StudyItem = (
-            series_item(uri.study, uri.series) if uri.series is not None else study_item(uri.study)
+            series_item(uri.study, series) if series is not None else study_item(uri.study)
         )
         if owner.bundle_version == owner.version:
-            key = prebuilt.bundle_key(
-                owner.version, syntax, uri.study, uri.series or "-", uri.instance or "-"
-            )
+            key = prebuilt.bundle_key(owner.version, syntax, uri.study, series or "-", uri.instance or "-")
             return self._redirect(key, None, uri.base_url)
         raise PayloadTooLarge(
             f"The response ({total_mb:.1f} MB) is larger than one function response can carry. It is "
