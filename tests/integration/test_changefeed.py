@@ -23,8 +23,8 @@ from pydicom.dataset import Dataset
 from dicomweb_core import config
 from dicomweb_core.changefeed.feed import ChangeFeed
 from dicomweb_core.config import DuplicatePolicy, Settings
+from dicomweb_core.index import writer
 from dicomweb_core.index.models import SopItem, bind_table
-from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.stow.service import StowService
 from infra.datasets.generate import make_dataset, new_uid, to_part10
 from infra.local.provision import Stack
@@ -229,21 +229,22 @@ def test_a_cancelled_transaction_streams_nothing_and_its_retry_is_announced_once
     study, series = new_uid(), new_uid()
     env.stow(make_dataset(study=study, series=series))
     env.delivered()
-    real_context = IndexWriter._context
+    real_context = writer._context
     stale = {"left": 1}
 
-    def stale_context(self: IndexWriter, instance: Any, deletions: Any) -> Any:
-        context = real_context(self, instance, deletions)
+    def stale_context(instance: Any, items: Any, deletions: int) -> Any:
+        context = real_context(instance, items, deletions)
         if stale["left"]:
             stale["left"] -= 1
             return replace(context, series_exists=False)
         return context
 
-    monkeypatch.setattr(IndexWriter, "_context", stale_context)
+    monkeypatch.setattr(writer, "_context", stale_context)
     second = make_dataset(study=study, series=series)
     # When it is stored (cancelled once, then committed)
     assert env.stow(second) == [second.SOPInstanceUID]
     # Then it is announced exactly once: the cancelled attempt left nothing in the stream
+    assert stale["left"] == 0
     assert [d["sopInstanceUID"] for d in details(env.delivered())] == [second.SOPInstanceUID]
 
 

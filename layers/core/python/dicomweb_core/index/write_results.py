@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dicomweb_core.dicom.failures import FailureReason
 from dicomweb_core.dicom.instance import ReceivedInstance
+
+if TYPE_CHECKING:
+    from dicomweb_core.index.items import WriteContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,7 @@ class Prior:
 
     existing: ExistingInstance | None  # the instance with this SOP Instance UID, if stored
     deletions: int  # how many DELETEs of the study have begun
+    context: WriteContext  # whether the study and series exist: the first attempt's context
 
 
 class AlreadyIndexed(Exception):

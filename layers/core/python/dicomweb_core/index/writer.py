@@ -97,31 +97,46 @@ class IndexWriter:
         except SopItem.DoesNotExist:
             return None
 
-    def prior(self, sop_uid: str, study_uid: str) -> Prior:
-        """Before a write: the stored instance with this SOP Instance UID and the study's
-        DELETE count, in one strongly consistent BatchGetItem.
+    def prior(self, instance: ReceivedInstance) -> Prior:
+        """Before a write, in one strongly consistent BatchGetItem: the stored instance with
+        this SOP Instance UID, the study's DELETE count, and whether the study and series
+        exist (the context of the write's first attempt).
 
         Raises :class:`StudyDeleted` while a DELETE of the study is under way."""
-        sop_key, tombstone_key = SopItem.key(sop_uid), DeletedStudyItem.key(study_uid)
-        items = {(i.pk, i.sk): i for i in IndexItem.batch_get([sop_key, tombstone_key], consistent_read=True)}
-        sop, tombstone = items.get(sop_key), items.get(tombstone_key)
+        sop_key = SopItem.key(instance.sop_instance_uid)
+        items = self._read([sop_key, *_context_keys(instance)])
+        sop, tombstone = items.get(sop_key), items.get(DeletedStudyItem.key(instance.study_instance_uid))
         if isinstance(tombstone, DeletedStudyItem) and tombstone.deleting is not None:
             raise StudyDeleted()
+        deletions = _count(tombstone.deletions) if isinstance(tombstone, DeletedStudyItem) else 0
         return Prior(
             existing=_existing(sop) if isinstance(sop, SopItem) else None,
-            deletions=_count(tombstone.deletions) if isinstance(tombstone, DeletedStudyItem) else 0,
+            deletions=deletions,
+            context=_context(instance, items, deletions),
         )
 
-    def add(self, instance: ReceivedInstance, stored: StoredObject, *, deletions: int) -> None:
+    @staticmethod
+    def _read(item_keys: list[tuple[str, str]]) -> dict[tuple[str, str], IndexItem]:
+        return {(i.pk, i.sk): i for i in IndexItem.batch_get(item_keys, consistent_read=True)}
+
+    def add(
+        self,
+        instance: ReceivedInstance,
+        stored: StoredObject,
+        *,
+        deletions: int,
+        context: WriteContext | None = None,
+    ) -> None:
         """Index a new instance and move the aggregates, exactly once.
 
-        ``deletions`` is :meth:`prior`'s count, read before ``stored`` was put in S3.
+        ``deletions`` is :meth:`prior`'s count, read before ``stored`` was put in S3, and
+        ``context`` its context (read again when not given, and before every retry).
         Returns normally when the index points at ``stored``, also when an earlier attempt
         whose response was lost committed it. Raises :class:`AlreadyIndexed` when the SOP
         Instance UID is indexed with another object, :class:`StudyDeleted` when a DELETE of
         the study began since ``deletions`` was read.
         """
-        context = self._context(instance, deletions)
+        context = context or self._context(instance, deletions)
         generation = 0  # one request token per transaction content
         for attempt in range(MAX_ATTEMPTS):
             # Postings and registry entries go first: they only ever widen a search,
@@ -184,36 +199,9 @@ class IndexWriter:
         raise StudyDeleted()
 
     def _context(self, instance: ReceivedInstance, deletions: int) -> WriteContext:
-        """One strongly consistent BatchGetItem: do the study and the series exist (and the
-        study's sort key), how many DELETEs of the study have begun.
-
-        Raises :class:`StudyDeleted` when the study is being deleted, or a DELETE of it
-        began since ``deletions`` was read."""
-        study_key = StudyItem.key(instance.study_instance_uid)
-        series_key = SeriesItem.key(instance.study_instance_uid, instance.series_instance_uid)
-        tombstone_key = DeletedStudyItem.key(instance.study_instance_uid)
-        items = {
-            (item.pk, item.sk): item
-            for item in IndexItem.batch_get(
-                [study_key, series_key, tombstone_key],
-                consistent_read=True,
-                attributes_to_get=["pk", "sk", "kind", "sort_key", "deleting", "deletions"],
-            )
-        }
-        study, tombstone = items.get(study_key), items.get(tombstone_key)
-        if isinstance(study, StudyItem) and (
-            study.deleting is not None or _count(study.deletions) != deletions
-        ):
-            raise StudyDeleted()
-        if isinstance(tombstone, DeletedStudyItem) and _count(tombstone.deletions) != deletions:
-            raise StudyDeleted()
-        sort_key = study.sort_key if isinstance(study, StudyItem) else None
-        return WriteContext(
-            study_exists=study is not None,
-            series_exists=series_key in items,
-            study_sort=sort_key or keys.study_sort_key(instance.study_json, instance.study_instance_uid),
-            deletions=deletions,
-        )
+        """Read again, strongly consistent: do the study and the series exist, how many
+        DELETEs of the study have begun (see :func:`_context`)."""
+        return _context(instance, self._read(_context_keys(instance)), deletions)
 
     def _write_search_terms(self, instance: ReceivedInstance, context: WriteContext) -> None:
         postings: list[keys.Posting] = []
@@ -384,6 +372,34 @@ class IndexWriter:
                 )
             if not context.study_exists:
                 tx.save(study_item(instance, context, now), condition=StudyItem.pk.does_not_exist())
+
+
+def _context_keys(instance: ReceivedInstance) -> list[tuple[str, str]]:
+    """The study's and series' items and the study's tombstone."""
+    study, series = instance.study_instance_uid, instance.series_instance_uid
+    return [StudyItem.key(study), SeriesItem.key(study, series), DeletedStudyItem.key(study)]
+
+
+def _context(
+    instance: ReceivedInstance, items: dict[tuple[str, str], IndexItem], deletions: int
+) -> WriteContext:
+    """What a write's transaction depends on, from the items :func:`_context_keys` names.
+
+    Raises :class:`StudyDeleted` when the study is being deleted, or a DELETE of it began
+    since ``deletions`` was read."""
+    study_key, series_key, tombstone_key = _context_keys(instance)
+    study, tombstone = items.get(study_key), items.get(tombstone_key)
+    if isinstance(study, StudyItem) and (study.deleting is not None or _count(study.deletions) != deletions):
+        raise StudyDeleted()
+    if isinstance(tombstone, DeletedStudyItem) and _count(tombstone.deletions) != deletions:
+        raise StudyDeleted()
+    sort_key = study.sort_key if isinstance(study, StudyItem) else None
+    return WriteContext(
+        study_exists=study is not None,
+        series_exists=series_key in items,
+        study_sort=sort_key or keys.study_sort_key(instance.study_json, instance.study_instance_uid),
+        deletions=deletions,
+    )
 
 
 def _sop_position(context: WriteContext) -> int:

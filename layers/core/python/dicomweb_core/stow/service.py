@@ -217,14 +217,14 @@ class StowService:
 
     def _write(self, instance: ReceivedInstance) -> StoredInstance:
         try:
-            prior = self.index.prior(instance.sop_instance_uid, instance.study_instance_uid)
+            prior = self.index.prior(instance)
         except WriteRefused as refused:
             raise _rejected(instance, refused) from None
         if prior.existing is not None:
             return self._store_duplicate(instance, prior.existing, prior)
         with self._written(instance) as written:
             try:
-                self.index.add(instance, written.stored, deletions=prior.deletions)
+                self.index.add(instance, written.stored, deletions=prior.deletions, context=prior.context)
                 return _stored(instance, written.stored)
             except AlreadyIndexed as race:
                 # Another request indexed this SOP Instance UID after our lookup: our
