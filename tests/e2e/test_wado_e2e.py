@@ -94,6 +94,9 @@ def stored(runtime: Runtime) -> Stored:
     assert response.status_code == HTTPStatus.OK, response.text
     response = stow(runtime.base_url, list(result.files.values()), token=runtime.tokens["uploader"])
     assert response.status_code == HTTPStatus.OK, response.text
+    # And recounted (the counts are part of the versions that metadata ETags carry)
+    counts = (len(payloads), 2)
+    assert runtime.wait_for_counts(study, counts) == counts
     return result
 
 
