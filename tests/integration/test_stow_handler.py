@@ -15,7 +15,7 @@ from dicomweb_client import DICOMwebClient
 from pydicom import dcmread
 
 from dicomweb_core import config
-from dicomweb_core.index.models import StudyItem, bind_table, key_schema, secondary_indexes
+from dicomweb_core.index.models import StudyItem, bind_table, index_projection, key_schema, secondary_indexes
 from infra.datasets.generate import make_dataset, to_part10
 from infra.local.provision import provision
 from infra.samtemplate import REPO_ROOT, load_template
@@ -140,9 +140,7 @@ def test_index_models_match_the_template_table(name: str) -> None:
         for gsi in table["Properties"]["GlobalSecondaryIndexes"]
     }
     assert template_indexes == secondary_indexes()
-    assert all(
-        g["Projection"]["ProjectionType"] == "ALL" for g in table["Properties"]["GlobalSecondaryIndexes"]
-    )
+    assert all(g["Projection"] == index_projection() for g in table["Properties"]["GlobalSecondaryIndexes"])
 
 
 # --- What real senders send (docs/conformance.md, STOW-RS "Tolerances") ----------------------

@@ -14,10 +14,11 @@ One table holds every item; keys are built only from validated UIDs:
 A study's items share one partition, so the series and instances of a study are one
 strongly consistent Query. The SOP item makes a SOP Instance UID unique across the
 whole store. Aggregates (counts, ModalitiesInStudy) live on the study and series items
-and change only in the transaction that adds an instance.
+and are recounted from the table's stream (``index.aggregates``).
 
 Eight global secondary indexes, overloaded across item kinds, serve QIDO-RS; each index
-key attribute is set only on the items that belong in that index (sparse indexes). The
+key attribute is set only on the items that belong in that index (sparse indexes), and
+each copies only what a QIDO-RS answer reads (``INDEX_PROJECTION``). The
 design, what each index serves and what it costs per write is in docs/index-design.md.
 """
 
@@ -34,7 +35,7 @@ from pynamodb.attributes import (
     UnicodeSetAttribute,
     UTCDateTimeAttribute,
 )
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 DEFAULT_TABLE_NAME = "dicomweb-index"
@@ -56,9 +57,19 @@ def index_sort_attribute(number: int) -> str:
     return "sort_key" if number in SHARED_SORT_KEY_INDEXES else f"g{number}sk"
 
 
+# What every GSI copies of an item besides its keys: what a QIDO-RS answer is built from
+# (qido.view and qido.render). The UIDs are in the table's keys, which every index holds, and
+# are read back from them (``uids_from_keys``); the object's location, checksums and frame
+# index stay in the base item. So an instance's index copy is a third of its item, and an
+# update of an attribute outside this list (a hook's version marks) writes no index at all.
+INDEX_PROJECTION = ("kind", "dicom_json", "modalities", "series_count", "instance_count")
+
+
 def _gsi(number: int) -> type[GlobalSecondaryIndex[Any]]:
-    """GSI ``gsi<number>`` on ``g<number>pk`` and its sort attribute, all attributes projected."""
-    meta = type("Meta", (), {"index_name": f"gsi{number}", "projection": AllProjection()})
+    """GSI ``gsi<number>`` on ``g<number>pk`` and its sort attribute, projecting
+    :data:`INDEX_PROJECTION`."""
+    projection = IncludeProjection(list(INDEX_PROJECTION))
+    meta = type("Meta", (), {"index_name": f"gsi{number}", "projection": projection})
     namespace = {
         "Meta": meta,
         f"g{number}pk": UnicodeAttribute(hash_key=True),
@@ -256,6 +267,20 @@ MODELS: tuple[type[IndexItem], ...] = (
 )
 
 
+def uids_from_keys(item: IndexItem) -> IndexItem:
+    """Set a study's, series' or instance item's UIDs from its keys, as read from an index
+    that does not project them (``INDEX_PROJECTION``); keys are ``STUDY#<study>`` and
+    ``STUDY`` / ``SERIES#<series>`` / ``INSTANCE#<series>#<sop>``."""
+    if not isinstance(item, StudyItem | SeriesItem | InstanceItem):
+        return item
+    item.study_uid = item.pk.removeprefix("STUDY#")
+    if isinstance(item, SeriesItem):
+        item.series_uid = item.sk.removeprefix("SERIES#")
+    elif isinstance(item, InstanceItem):
+        item.series_uid, item.sop_uid = item.sk.removeprefix("INSTANCE#").split("#")
+    return item
+
+
 def bind_table(table_name: str, *, region: str | None = None) -> None:
     """Point every model at ``table_name`` (tests and the local runtime call this)."""
     models: tuple[type[IndexItem], ...] = (IndexItem, *MODELS)
@@ -271,6 +296,11 @@ def bind_table(table_name: str, *, region: str | None = None) -> None:
 def key_schema() -> dict[str, Any]:
     """The table's key schema as the models define it (tests compare it with template.yaml)."""
     return {"hash_key": IndexItem.pk.attr_name, "range_key": IndexItem.sk.attr_name}
+
+
+def index_projection() -> dict[str, Any]:
+    """The projection every GSI has, as template.yaml states it (tests compare the two)."""
+    return {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(INDEX_PROJECTION)}
 
 
 def secondary_indexes() -> dict[str, tuple[str, str]]:

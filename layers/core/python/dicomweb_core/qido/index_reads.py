@@ -24,6 +24,7 @@ from dicomweb_core.index.models import (
     StudyItem,
     index_sort_attribute,
     study_pk,
+    uids_from_keys,
 )
 
 DEFAULT_READ_BUDGET = 20_000
@@ -66,7 +67,9 @@ class IndexReads:
         sk_attribute = _sort_attribute(index)
         condition = sk_attribute.startswith(begins_with) if begins_with else None
         self.stats.queries += 1
-        return self.counted(index.query(pk, condition, scan_index_forward=not descending, page_size=100))
+        return self.counted(
+            map(uids_from_keys, index.query(pk, condition, scan_index_forward=not descending, page_size=100))
+        )
 
     def merged_shards(
         self, number: int, pks: Sequence[str], bounds: tuple[str | None, str | None] = (None, None)
@@ -87,7 +90,10 @@ class IndexReads:
         def stream(pk: str) -> Iterator[Any]:
             self.stats.queries += 1
             return self.counted(
-                index.query(pk, condition, scan_index_forward=False, page_size=min(page, 1000))
+                map(
+                    uids_from_keys,
+                    index.query(pk, condition, scan_index_forward=False, page_size=min(page, 1000)),
+                )
             )
 
         key_name = index_sort_attribute(number)
