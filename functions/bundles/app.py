@@ -1,36 +1,32 @@
-"""Bundle hook: SeriesStable / StudyStable (EventBridge rule → SQS → here) → pre-built multipart
-bodies for retrievals larger than a function response (see ``dicomweb_core.hooks.bundles``).
+"""Bundle builder: a BundleOrder (WADO-RS → BundleQueue → here) → the multipart body of one
+retrieval larger than a function response (see ``dicomweb_core.hooks.bundles``).
 """
 
 from __future__ import annotations
-
-import json
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from dicomweb_core.config import settings
 from dicomweb_core.dicom.uid import validate_uid
 from dicomweb_core.entry.hooks import sqs_handler
-from dicomweb_core.events import SERIES_STABLE
 from dicomweb_core.hooks.bundles import BundleBuilder, BundleComposer
 from dicomweb_core.observability import MetricUnit, logger, metrics
 from dicomweb_core.storage import ObjectReader
+from dicomweb_core.wado.prebuilt import BundleOrder
 
 SETTINGS = settings()
 BUILDER = BundleBuilder(BundleComposer(SETTINGS.bucket_name, ObjectReader(SETTINGS.bucket_name)))
 
 
 def handle(record: SQSRecord) -> None:
-    event = json.loads(record.body)
-    detail = event["detail"]
-    study = validate_uid(detail["studyInstanceUID"], name="StudyInstanceUID")
-    if event["detail-type"] == SERIES_STABLE:
-        series = validate_uid(detail["seriesInstanceUID"], name="SeriesInstanceUID")
-        outcome = BUILDER.build_series(study, series, str(detail["seriesVersion"]))
-    else:
-        outcome = BUILDER.build_study(study, str(detail["studyVersion"]))
+    order = BundleOrder.from_json(record.body)
+    validate_uid(order.study, name="StudyInstanceUID")
+    for value, name in ((order.series, "SeriesInstanceUID"), (order.instance, "SOPInstanceUID")):
+        if value != "-":
+            validate_uid(value, name=name)
+    outcome = BUILDER.build(order)
     metrics.add_metric(f"Bundles_{outcome}", MetricUnit.Count, 1)
-    logger.info("bundles", extra={"type": event["detail-type"], "outcome": outcome})
+    logger.info("bundle", extra={"key": order.key, "outcome": outcome})
 
 
 handler = sqs_handler(handle)

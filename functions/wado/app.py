@@ -3,6 +3,7 @@ store and, under ``/deid``, in the research store (the same routes mounted under
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from dicomweb_core.entry import stores
 from dicomweb_core.entry.api import api_app, api_handler, respond
 from dicomweb_core.observability import MetricUnit, metrics, tracer
 from dicomweb_core.storage import ObjectReader
+from dicomweb_core.wado.orders import QueuedBundleOrders
 from dicomweb_core.wado.service import Request, RetrieveService
 from dicomweb_core.web import responses, roots
 from dicomweb_core.web.reply import Reply
@@ -23,9 +25,16 @@ app = api_app()
 router = APIGatewayHttpRouter()  # type: ignore[no-untyped-call]  # Powertools leaves Router.__init__ unannotated
 SETTINGS = settings()
 ROOTS = stores.roots(SETTINGS)
+# Large retrievals of the primary store: bodies ordered from BundleFunction when first asked for.
+ORDERS = QueuedBundleOrders(os.environ["BUNDLE_QUEUE_URL"]) if os.environ.get("BUNDLE_QUEUE_URL") else None
+WAIT_SECONDS = float(os.environ.get("BUNDLE_WAIT_SECONDS", "20"))
 SERVICES = {
     prefix: RetrieveService(
-        settings=SETTINGS, reader=ObjectReader(root.bucket_name), public_objects=prefix == ""
+        settings=SETTINGS,
+        reader=ObjectReader(root.bucket_name),
+        public_objects=prefix == "",
+        orders=ORDERS if prefix == "" else None,
+        wait_seconds=WAIT_SECONDS,
     )
     for prefix, root in ROOTS.items()
 }

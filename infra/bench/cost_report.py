@@ -281,7 +281,9 @@ def _summary(m: Measurement, prices: PriceList) -> list[str]:
         f"(IndexTable {index_table / m.instances / 1000:.1f} kB; every table, GSI copies and "
         "100-byte overheads included).",
         f"- **S3 bytes at rest: {s3 / m.sent_bytes:.2f}x the bytes sent** (every version in every "
-        f"bucket); the primary store alone {primary / m.sent_bytes:.2f}x. After the DELETE, "
+        f"bucket, once the series is stable); the primary store alone {primary / m.sent_bytes:.2f}x. "
+        "A series retrieved whole adds its body (about 1x more) for BundleRetentionDays after "
+        "the first such retrieval (the retrieve rows below count building it). After the DELETE, "
         f"{held_after_delete / m.sent_bytes:.2f}x is still held (noncurrent versions, recoverable).",
         f"- **Dollars per million instances: ${total_ingest:,.0f} to ingest, ${total_month:,.0f} per "
         f"month at rest**, at {prices.region} list prices taken {TAKEN}.",

@@ -23,7 +23,8 @@ Both sides get the same generated instances through one :class:`DICOMwebClient` 
 - series retrieve MB/s (the CT series, ``application/dicom``).
 
 Before reads are measured, each side is left to settle (our hook queues empty, the stable
-age passed, so pre-built metadata and bundles exist). The ratio is Orthanc's time divided
+age passed, so pre-built metadata exists). Our series body is built by the first retrieve
+and read by the others; the median leaves that first one out. The ratio is Orthanc's time divided
 by ours (ours divided by Orthanc's for throughput): above 1 we are faster.
 
 Run alone with ``python -m infra.bench.versus_orthanc [--quick] [--studies N]``. A full run
@@ -639,7 +640,8 @@ How it is measured (infra/bench/versus_orthanc.py):
   Selective: `PatientID` (2 studies match); broad: one month of `StudyDate`, `limit=100`.
 - **Hooks off**: de-identification and inference off (`DeidModalities=none
   InferenceModels=none`), as the other benchmarks run. **Hooks on**: the template's
-  defaults. Stability, pre-built metadata and bundles run in both, and each side is left to
+  defaults. Stability and pre-built metadata run in both (our series retrieve's body is
+  built by its first run; the figure is the median of the runs), and each side is left to
   settle (hook queues empty, change feed read) before a read is measured or a STOW-RS
   repeat starts.
 - A shared 2-core machine: Orthanc and our runtime are measured one after the other, and

@@ -1,13 +1,17 @@
-"""Retrievals larger than a function response: pre-built bundles and same-host redirects, against moto.
+"""Retrievals larger than a function response: bodies built when first asked for, and
+same-host redirects, against moto.
 
 Series and instances of several MB (random pixel data, so nothing compresses or repeats)
-are stored through STOW; the WADO handler answers 413 (with Retry-After) until the bundle
-hook has built the bodies, then 303 to a presigned path on the API's own host.
+are stored through STOW. The WADO handler orders the body on the bundle queue and (with no
+wait here) redirects the request to itself; BundleFunction's handler builds what the queue
+holds; the request asked again is 303 to a presigned path on the API's own host.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -20,16 +24,19 @@ import pytest
 from dicomweb_core import config
 from dicomweb_core.hooks import bundles
 from dicomweb_core.hooks.bundles import MIN_PART, BundleBuilder, BundleComposer, ObjectRange
-from dicomweb_core.index.models import SeriesItem, StudyItem
+from dicomweb_core.index.models import SeriesItem
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.stow.service import StowService
 from dicomweb_core.wado import media, prebuilt
+from dicomweb_core.wado.orders import QueuedBundleOrders
+from dicomweb_core.wado.prebuilt import BundleOrder
+from dicomweb_core.wado.redirects import WAIT_PARAMETER, WAIT_ROUNDS, LargeAnswers
 from dicomweb_core.web.multipart import split_parts
 from infra.datasets.generate import make_dataset, new_uid, to_part10
 from infra.local.provision import Stack
 from infra.samtemplate import load_template, object_routes
 from tests.integration.test_wado_service import follow_presigned, wado_event
-from tests.lambda_harness import LambdaContext, load_handler
+from tests.lambda_harness import LambdaContext, load_handler, sqs_record
 from tests.moto_stack import provisioned, store_ok, stow_service
 
 PUBLIC = "https://dicom.example.test"
@@ -57,12 +64,46 @@ class Env:
     def store(self, *payloads: bytes) -> None:
         store_ok(self.stow, *payloads)
 
-    def get(self, path: str, accept: str | None = None) -> dict[str, Any]:
+    @property
+    def queue_url(self) -> str:
+        return self.stack.physical_ids["BundleQueue"]
+
+    def get(
+        self, path: str, accept: str | None = None, query: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         response = self.wado.handler(
-            wado_event(path, {"Accept": accept} if accept else None), LambdaContext("WadoFunction")
+            wado_event(path, {"Accept": accept} if accept else None, query), LambdaContext("WadoFunction")
         )
         self.wado.metrics.clear_metrics()
         return response
+
+    def orders(self) -> list[BundleOrder]:
+        """The orders waiting on the bundle queue (left there)."""
+        sqs = boto3.client("sqs")
+        messages = sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+        return [BundleOrder.from_json(m["Body"]) for m in messages.get("Messages", [])]
+
+    def fulfil(self) -> int:
+        """Deliver every waiting order to BundleFunction's handler, as its event source
+        mapping does (one record per batch); how many were delivered."""
+        function = load_handler("BundleFunction")
+        sqs = boto3.client("sqs")
+        delivered = 0
+        while messages := sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get(
+            "Messages"
+        ):
+            for message in messages:
+                record = sqs_record(message["MessageId"], json.loads(message["Body"]), queue="BundleQueue")
+                answer = function.handler({"Records": [record]}, LambdaContext("BundleFunction"))
+                assert answer == {"batchItemFailures": []}, answer
+                function.metrics.clear_metrics()
+                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+                delivered += 1
+        return delivered
+
+    def bundle_keys(self, study: str) -> list[str]:
+        listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"bundles/{study}/")
+        return [o["Key"] for o in listing.get("Contents", [])]
 
     def builder(self) -> BundleBuilder:
         reader = ObjectReader(self.bucket)
@@ -80,6 +121,7 @@ def env(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     for name, value in stack.function_environment(load_template().functions()["WadoFunction"]).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PUBLIC_BASE_URL", PUBLIC)
+    monkeypatch.setenv("BUNDLE_WAIT_SECONDS", "0")  # the test builds what was ordered, then asks again
     config.settings.cache_clear()
     yield Env(stack, stow_service(settings), load_handler("WadoFunction"), boto3.client("s3"))
     config.settings.cache_clear()
@@ -120,79 +162,120 @@ def test_the_composer_joins_bytes_and_object_ranges_exactly(env: Env) -> None:
 
 
 # ---------------------------------------------------------------------- series
-def test_a_large_series_is_413_until_bundled_then_a_same_host_redirect(env: Env) -> None:
+def _ordered(env: Env, path: str, accept: str | None = DICOM_MULTIPART) -> None:
+    """Ask for ``path`` the first time: the body is ordered, and the request redirected to itself."""
+    answer = env.get(path, accept)
+    assert answer["statusCode"] == 303, answer.get("body")
+    assert answer["headers"]["Location"] == f"{PUBLIC}{path}?{WAIT_PARAMETER}=1"
+    assert answer["headers"]["Cache-Control"] == "no-store"
+
+
+def test_a_large_series_is_built_when_first_asked_for_then_a_same_host_redirect(env: Env) -> None:
     # Given a 3-instance series of about 6 MB, too large for one function response
     study, series = new_uid(), new_uid()
     stored = [big_instance(study, series, n) for n in (1, 2, 3)]
     env.store(*stored)
     path = f"/studies/{study}/series/{series}"
-    # When it is retrieved before the bundle hook ran, Then 413 says when to retry
-    early = env.get(path, DICOM_MULTIPART)
-    assert early["statusCode"] == 413
-    assert early["headers"]["Retry-After"] == "60"
-    # When the series became stable and the hook built its bundles
+    # Then nothing is built ahead of time
+    assert env.bundle_keys(study) == []
+    # When it is first retrieved, Then its body is ordered and the request redirected to itself
+    _ordered(env, path)
     version = SeriesItem.get(*SeriesItem.key(study, series)).version
-    assert env.builder().build_series(study, series, version) == "built"
-    assert env.builder().build_series(study, series, version) == "exists"
-    # Then the retrieval redirects to the bundle on the API's host, and the bundle is the
-    # exact multipart body: each part the stored instance (default syntax = stored here)
-    for accept in (DICOM_MULTIPART, f"{DICOM_MULTIPART}; transfer-syntax=*", None):
-        answer = env.get(path, accept)
+    assert env.orders() == [BundleOrder(version, media.AS_STORED, study, series)]
+    # When BundleFunction has built it
+    assert env.fulfil() == 1
+    # Then the retrieval (the waiting round too) redirects to the body on the API's host, and
+    # the body is the exact multipart response: each part the stored instance
+    for accept, query in (
+        (DICOM_MULTIPART, {WAIT_PARAMETER: "1"}),
+        (f"{DICOM_MULTIPART}; transfer-syntax=*", None),
+        (None, None),
+    ):
+        answer = env.get(path, accept, query)
         assert answer["statusCode"] == 303, accept
         assert answer["headers"]["Cache-Control"] == "no-store"
+        assert answer["headers"]["Location"].startswith(f"{PUBLIC}/bundles/{study}/{series}/-/{version}/")
         content_type, body = env.follow(answer["headers"]["Location"])
         assert content_type.startswith("multipart/related") and 'type="application/dicom"' in content_type
         assert _parts(content_type, body) == stored
+    # And nothing more was ordered; a repeated order builds nothing
+    assert env.orders() == []
+    assert env.builder().build(BundleOrder(version, media.AS_STORED, study, series)) == "exists"
 
 
-def test_study_bundles_are_built_on_study_stable(env: Env) -> None:
+def test_a_request_is_answered_once_its_body_is_built_within_the_wait(env: Env) -> None:
+    # Given a large series, and a retrieve function that waits up to 10 s for a body
+    study, series = new_uid(), new_uid()
+    env.store(*(big_instance(study, series, n) for n in (1, 2, 3)))
+    reader = ObjectReader(env.bucket)
+    large = LargeAnswers(
+        reader, public_objects=True, orders=QueuedBundleOrders(env.queue_url), wait_seconds=10
+    )
+    service = env.wado.SERVICES[""]
+    service.large = large
+    # When BundleFunction builds it while the request waits
+    builder = threading.Timer(0.5, env.fulfil)
+    builder.start()
+    answer = env.get(f"/studies/{study}/series/{series}", DICOM_MULTIPART)
+    builder.join()
+    # Then the one request is redirected to the body
+    assert answer["statusCode"] == 303
+    assert f"/bundles/{study}/{series}/" in answer["headers"]["Location"]
+
+
+def test_a_request_redirected_to_itself_orders_once_and_gives_up_after_the_last_round(env: Env) -> None:
+    study, series = new_uid(), new_uid()
+    env.store(*(big_instance(study, series, n) for n in (1, 2, 3)))
+    path = f"/studies/{study}/series/{series}"
+    # When a waiting round comes back, Then it orders nothing again
+    answer = env.get(path, DICOM_MULTIPART, {WAIT_PARAMETER: "3"})
+    assert answer["headers"]["Location"] == f"{PUBLIC}{path}?{WAIT_PARAMETER}=4"
+    assert env.orders() == []
+    # And after the last round, 503 says to retry later
+    answer = env.get(path, DICOM_MULTIPART, {WAIT_PARAMETER: str(WAIT_ROUNDS)})
+    assert answer["statusCode"] == 503
+    assert answer["headers"]["Retry-After"] == "30"
+    assert "being built" in json.loads(answer["body"])["message"]
+
+
+def test_a_study_of_several_series_gets_its_own_body(env: Env) -> None:
     study = new_uid()
     stored = [big_instance(study, new_uid(), n) for n in (1, 2, 3)]
     env.store(*stored)
-    assert env.get(f"/studies/{study}", DICOM_MULTIPART)["statusCode"] == 413
-    version = StudyItem.get(*StudyItem.key(study)).version
-    assert env.builder().build_study(study, version) == "built"
+    _ordered(env, f"/studies/{study}")
+    assert env.fulfil() == 1
     answer = env.get(f"/studies/{study}", DICOM_MULTIPART)
+    assert f"/bundles/{study}/-/-/" in answer["headers"]["Location"]
     content_type, body = env.follow(answer["headers"]["Location"])
     assert sorted(_parts(content_type, body)) == sorted(stored)
 
 
-def test_a_single_series_study_is_served_by_its_series_bundle(env: Env) -> None:
-    # Given a study of one large series whose series bundle was built
+def test_a_single_series_study_is_served_by_its_series_body(env: Env) -> None:
+    # Given a study of one large series
     study, series = new_uid(), new_uid()
     stored = [big_instance(study, series, n) for n in (1, 2, 3)]
     env.store(*stored)
+    # When the study and then the series are retrieved
+    _ordered(env, f"/studies/{study}")
+    assert env.fulfil() == 1
+    study_answer = env.get(f"/studies/{study}", DICOM_MULTIPART)
+    series_answer = env.get(f"/studies/{study}/series/{series}", DICOM_MULTIPART)
+    # Then both are the series' one body, with every instance; no second copy exists
     assert (
-        env.builder().build_series(study, series, SeriesItem.get(*SeriesItem.key(study, series)).version)
-        == "built"
+        study_answer["headers"]["Location"].split("?")[0]
+        == series_answer["headers"]["Location"].split("?")[0]
     )
-    keys_before = env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"bundles/{study}/").get("KeyCount")
-    # When the study becomes stable, Then no second copy of the same body is written
-    version = StudyItem.get(*StudyItem.key(study)).version
-    assert env.builder().build_study(study, version) == "single-series"
-    assert (
-        env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"bundles/{study}/").get("KeyCount") == keys_before
-    )
-    # And the study's retrieval is the series' bundle, with every instance
-    answer = env.get(f"/studies/{study}", DICOM_MULTIPART)
-    assert answer["statusCode"] == 303
-    assert f"bundles/{study}/{series}/" in answer["headers"]["Location"]
-    content_type, body = env.follow(answer["headers"]["Location"])
+    assert f"bundles/{study}/{series}/" in study_answer["headers"]["Location"]
+    assert len(env.bundle_keys(study)) == 1
+    content_type, body = env.follow(study_answer["headers"]["Location"])
     assert sorted(_parts(content_type, body)) == sorted(stored)
 
 
-def test_a_stale_stable_event_builds_nothing(env: Env) -> None:
+def test_an_order_for_an_old_version_builds_nothing(env: Env) -> None:
     study, series = new_uid(), new_uid()
     env.store(*(big_instance(study, series, n) for n in (1, 2, 3)))
-    assert env.builder().build_series(study, series, "3-0") == "changed"
-    assert env.get(f"/studies/{study}/series/{series}", DICOM_MULTIPART)["statusCode"] == 413
-
-
-def test_small_series_get_no_bundle(env: Env) -> None:
-    study, series = new_uid(), new_uid()
-    env.store(to_part10(make_dataset(study=study, series=series)))
-    version = SeriesItem.get(*SeriesItem.key(study, series)).version
-    assert env.builder().build_series(study, series, version) == "small"
+    assert env.builder().build(BundleOrder("3-0", media.AS_STORED, study, series)) == "changed"
+    assert env.bundle_keys(study) == []
 
 
 # -------------------------------------------------------------------- instances
@@ -210,9 +293,10 @@ def test_a_large_multiframe_instance_redirects_single_part_and_multipart(env: En
     assert single["statusCode"] == 303
     content_type, body = env.follow(single["headers"]["Location"])
     assert body == data
-    # When asked for in multipart (dicomweb-client's retrieve_instance), after the hook ran
-    version = SeriesItem.get(*SeriesItem.key(study, series)).version
-    env.builder().build_series(study, series, version)
+    assert env.orders() == []
+    # When asked for in multipart (dicomweb-client's retrieve_instance), once built
+    _ordered(env, path)
+    assert env.fulfil() == 1
     multi = env.get(path, DICOM_MULTIPART)
     assert multi["statusCode"] == 303
     assert f"/bundles/{study}/{series}/{sop_uid}/" in multi["headers"]["Location"]
@@ -222,17 +306,16 @@ def test_a_large_multiframe_instance_redirects_single_part_and_multipart(env: En
 
 def test_the_research_store_answers_413_with_guidance(env: Env) -> None:
     assert env.wado.SERVICES["/deid"].public_objects is False
+    assert env.wado.SERVICES["/deid"].large.orders is None
     assert env.wado.SERVICES[""].public_objects is True
 
 
-def test_default_syntax_bundles_are_added_only_when_some_instance_differs() -> None:
+def test_a_body_is_in_the_default_syntax_only_when_some_instance_differs() -> None:
     class Item:
         def __init__(self, syntax: str) -> None:
             self.transfer_syntax_uid = syntax
 
     explicit, jpeg = media.EXPLICIT_VR_LITTLE_ENDIAN, "1.2.840.10008.1.2.4.50"
-    assert bundles.syntaxes([Item(explicit)]) == [media.AS_STORED]  # type: ignore[list-item]
-    assert bundles.syntaxes([Item(explicit), Item(jpeg)]) == [media.AS_STORED, explicit]  # type: ignore[list-item]
     assert prebuilt.bundle_syntax(explicit, [Item(explicit)]) == media.AS_STORED  # type: ignore[list-item]
     assert prebuilt.bundle_syntax(explicit, [Item(jpeg)]) == explicit  # type: ignore[list-item]
 
@@ -247,22 +330,37 @@ def test_the_template_serves_presigned_paths_on_the_api_host() -> None:
     assert set(routes) == {"/studies/*.dcm", "/bundles/*", "/ingest/*"}
 
 
-def test_a_new_series_version_replaces_the_old_bundles(env: Env) -> None:
-    # Given a bundled series that then receives a late instance and is bundled again
+def test_the_template_builds_bodies_only_on_order_and_expires_them() -> None:
+    template = load_template()
+    # Nothing but the retrieve function orders bodies: no event rule feeds the bundle queue
+    rules = template.resources_of_type("AWS::Events::Rule")
+    assert not any("BundleQueue" in json.dumps(rule) for rule in rules.values())
+    wado = template.functions()["WadoFunction"].environment
+    assert wado["BUNDLE_QUEUE_URL"] == {"Ref": "BundleQueue"}
+    # And built bodies expire after BundleRetentionDays
+    bucket = template.resources_of_type("AWS::S3::Bucket")["InstanceBucket"]
+    (rule,) = [
+        r for r in bucket["Properties"]["LifecycleConfiguration"]["Rules"] if r.get("Prefix") == "bundles/"
+    ]
+    assert rule["ExpirationInDays"] == {"Ref": "BundleRetentionDays"}
+
+
+def test_a_new_series_version_replaces_the_old_bodies(env: Env) -> None:
+    # Given a built series body; then the series receives a late instance and is asked for again
     study, series = new_uid(), new_uid()
     env.store(*(big_instance(study, series, n) for n in (1, 2, 3)))
-    first = SeriesItem.get(*SeriesItem.key(study, series)).version
-    assert env.builder().build_series(study, series, first) == "built"
+    path = f"/studies/{study}/series/{series}"
+    _ordered(env, path)
+    assert env.fulfil() == 1
     env.store(big_instance(study, series, 4))
     second = SeriesItem.get(*SeriesItem.key(study, series)).version
-    assert env.builder().build_series(study, series, second) == "built"
-    # Then only the current version's bundles remain (current versions of the keys)
-    keys = [
-        o["Key"] for o in env.s3.list_objects_v2(Bucket=env.bucket, Prefix=f"bundles/{study}/")["Contents"]
-    ]
+    _ordered(env, path)
+    assert env.fulfil() == 1
+    # Then only the current version's body remains (current versions of the keys)
+    keys = env.bundle_keys(study)
     assert keys and all(f"/{second}/" in key for key in keys), keys
     # And the retrieval serves the four instances
-    answer = env.get(f"/studies/{study}/series/{series}", DICOM_MULTIPART)
+    answer = env.get(path, DICOM_MULTIPART)
     content_type, body = env.follow(answer["headers"]["Location"])
     assert len(_parts(content_type, body)) == 4
 
@@ -276,20 +374,18 @@ def _single_part(content_type: str, body: bytes) -> bytes:
     return part
 
 
-def test_a_large_frame_and_its_pixel_data_redirect_to_a_prebuilt_part(env: Env) -> None:
+def test_a_large_frame_and_its_pixel_data_redirect_to_one_built_part(env: Env) -> None:
     # Given a single-frame native image of 10 MB (a large radiograph stored uncompressed)
     study, series = new_uid(), new_uid()
     ds = make_dataset(study=study, series=series, rows=2500, columns=2000)
     ds.PixelData = os.urandom(2500 * 2000 * 2)
     env.store(to_part10(ds))
     instance = f"/studies/{study}/series/{series}/instances/{ds.SOPInstanceUID}"
-    # When OHIF asks for its frame before the series is stable, Then 413 with Retry-After
-    early = env.get(f"{instance}/frames/1", OHIF_FRAMES)
-    assert early["statusCode"] == 413 and early["headers"]["Retry-After"] == "60"
-    # When the bundle hook has run
-    env.builder().build_series(study, series, SeriesItem.get(*SeriesItem.key(study, series)).version)
+    # When OHIF first asks for its frame, Then the frame's body is ordered
+    _ordered(env, f"{instance}/frames/1", OHIF_FRAMES)
+    assert env.fulfil() == 1
     # Then the frame (as stored, and by default) and the pixel data bulk data all redirect to
-    # one pre-built part that is exactly the pixel bytes
+    # one built part that is exactly the pixel bytes
     for path, accept in (
         (f"{instance}/frames/1", OHIF_FRAMES),
         (f"{instance}/frames/1", None),
@@ -301,9 +397,10 @@ def test_a_large_frame_and_its_pixel_data_redirect_to_a_prebuilt_part(env: Env) 
         content_type, body = env.follow(answer["headers"]["Location"])
         assert 'type="application/octet-stream"' in content_type
         assert _single_part(content_type, body) == ds.PixelData
+    assert env.orders() == []
 
 
-def test_a_large_compressed_frame_is_prebuilt_decompressed(env: Env) -> None:
+def test_a_large_compressed_frame_is_built_decompressed(env: Env) -> None:
     # Given an RLE-compressed image that is small as stored but 6 MB decompressed
     from pydicom.uid import RLELossless
 
@@ -317,10 +414,9 @@ def test_a_large_compressed_frame_is_prebuilt_decompressed(env: Env) -> None:
     assert len(data) < 4_400_000 < len(expected)
     env.store(data)
     frame = f"/studies/{study}/series/{series}/instances/{ds.SOPInstanceUID}/frames/1"
-    # When it is asked for uncompressed (the default) before and after the hook ran
-    assert env.get(frame)["statusCode"] == 413
-    # (a small series: no series bundle is needed, but its large decoded frame is)
-    env.builder().build_series(study, series, SeriesItem.get(*SeriesItem.key(study, series)).version)
+    # When it is asked for uncompressed (the default)
+    _ordered(env, frame, None)
+    assert env.fulfil() == 1
     answer = env.get(frame)
     # Then it redirects to the decompressed frame, pixel-exact with pydicom's decoding
     assert answer["statusCode"] == 303, answer.get("body")

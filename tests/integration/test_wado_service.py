@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import pydicom
 import pytest
@@ -46,12 +47,14 @@ from dicomweb_core.dicom.failures import InstanceRejected
 from dicomweb_core.dicom.frames import MAX_READ_GAP
 from dicomweb_core.dicom.instance import ReceivedInstance, read_instance
 from dicomweb_core.errors import PayloadTooLarge
-from dicomweb_core.hooks.bundles import RESPONSE_LIMIT, BundleBuilder, BundleComposer
 from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder
 from dicomweb_core.index.models import InstanceItem, SeriesItem, bind_table
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow.service import StowService
+from dicomweb_core.wado.orders import QueuedBundleOrders
+from dicomweb_core.wado.prebuilt import RESPONSE_LIMIT
+from dicomweb_core.wado.redirects import WAIT_PARAMETER
 from dicomweb_core.wado.service import Request, RetrieveService
 from dicomweb_core.web.uri import MAX_FRAMES_PER_REQUEST, DicomWebURI
 from infra.datasets.dicom_files import PYDICOM_DATA_FILES, PYDICOM_TEST_FILES, part10_files
@@ -59,6 +62,7 @@ from infra.datasets.generate import make_dataset, new_uid, to_part10
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import provision
 from infra.samtemplate import load_template, object_routes
+from tests.bundle_orders import fulfil_bundle_orders
 from tests.lambda_harness import LambdaContext, load_handler, route_for
 from tests.moto_stack import store_ok
 
@@ -173,16 +177,20 @@ def transfer_syntax_of(part_content_type: str) -> str | None:
 
 
 # ---------------------------------------------------------------------- the environment
-def wado_event(path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+def wado_event(
+    path: str, headers: dict[str, str] | None = None, query: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A payload v2 event as the HTTP API sends it for a GET on one of the WADO routes."""
     route = route_for("GET", path).path
     lowered = {k.lower(): v for k, v in (headers or {}).items()}
     lowered.setdefault("host", DOMAIN)
+    parameters = {"queryStringParameters": dict(query)} if query else {}
     return {
         "version": "2.0",
         "routeKey": f"GET {route}",
         "rawPath": path,
-        "rawQueryString": "",
+        "rawQueryString": urlencode(query or {}),
+        **parameters,
         "headers": lowered,
         "requestContext": {
             "accountId": "123456789012",
@@ -265,23 +273,24 @@ class World:
         return Answer(int(response["statusCode"]), dict(response.get("headers") or {}), raw)
 
     def service(self) -> tuple[RetrieveService, ObjectReader]:
-        """A RetrieveService with a fresh counting reader."""
+        """A RetrieveService with a fresh counting reader, ordering large bodies as the
+        handler does (without waiting for them)."""
         reader = ObjectReader(self.settings.bucket_name, client=self.s3)
-        return (
-            RetrieveService(settings=self.settings, reader=reader),
-            reader,
-        )
+        orders = QueuedBundleOrders(os.environ["BUNDLE_QUEUE_URL"])
+        return RetrieveService(settings=self.settings, reader=reader, orders=orders), reader
 
-    def bundles(self) -> BundleBuilder:
-        """The bundle hook's builder, as BundleFunction runs it on SeriesStable."""
-        reader = ObjectReader(self.settings.bucket_name)
-        return BundleBuilder(composer=BundleComposer(self.settings.bucket_name, reader))
+    def get_built(self, path: str, headers: dict[str, str] | None = None) -> Answer:
+        """GET; when the answer is a body still being built (a redirect to the request
+        itself), build what was ordered, as BundleFunction does, and GET again."""
+        answer = self.get(path, headers)
+        if answer.status == 303 and f"{WAIT_PARAMETER}=1" in answer.headers["Location"]:
+            assert self.fulfil() == ["built"]
+            answer = self.get(path, headers)
+        return answer
 
-    def prebuild(self, entry: CorpusFile) -> None:
-        """Run the bundle hook for the entry's series, as on its SeriesStable."""
-        i = entry.instance
-        version = SeriesItem.get(*SeriesItem.key(i.study_instance_uid, i.series_instance_uid)).version
-        self.bundles().build_series(i.study_instance_uid, i.series_instance_uid, version)
+    def fulfil(self) -> list[str]:
+        """Build the bodies the retrievals so far ordered, as BundleFunction does."""
+        return fulfil_bundle_orders(os.environ["BUNDLE_QUEUE_URL"], self.settings.bucket_name)
 
     def builder(self) -> SeriesMetadataBuilder:
         """The metadata hook's builder, as SeriesMetadataFunction runs it on SeriesStable."""
@@ -304,6 +313,7 @@ def world() -> Iterator[World]:
         stack = provision(load_template(), endpoint_url=None, region="us-east-1", overrides={})
         for name, value in stack.function_environment(load_template().functions()["WadoFunction"]).items():
             patch.setenv(name, value)
+        patch.setenv("BUNDLE_WAIT_SECONDS", "0")  # the test builds what was ordered, then asks again
         bind_table(stack.physical_ids["IndexTable"])
         config.settings.cache_clear()
         settings = Settings(
@@ -332,13 +342,10 @@ def test_every_stored_file_comes_back_byte_for_byte(world: World, entry: CorpusF
     # Given a stored test file
     stored = entry.instance.data
     # When it is retrieved as stored through the handler
-    answer = world.get(entry.url, {"Accept": AS_STORED_INSTANCES})
+    answer = world.get_built(entry.url, {"Accept": AS_STORED_INSTANCES})
     # Then the bytes are the original ones with the preamble zeroed
-    if answer.status == 413:  # more than one response can carry: pre-built once the series is stable
+    if answer.status == 303:  # more than one response can carry: built when first asked for
         assert len(stored) > 4_000_000
-        world.prebuild(entry)
-        answer = world.get(entry.url, {"Accept": AS_STORED_INSTANCES})
-        assert answer.status == 303
         content_type, body = follow_presigned(
             world.s3, world.settings.bucket_name, answer.headers["Location"]
         )
@@ -472,11 +479,11 @@ def test_what_cannot_be_produced_is_406_with_what_is_available(
 def _fetch_bulk(world: World, uri: str) -> bytes | None:
     """The value at a BulkDataURI; None when it is more than one response can carry (413)."""
     assert uri.startswith(f"{BASE_URL}/studies/"), uri
-    answer = world.get(uri)
+    answer = world.get_built(uri)
     if answer.status == 413:
         assert "frame" in answer.json()["message"].lower()
         return None
-    if answer.status == 303:  # large pixel data, pre-built by the bundle hook: the same part
+    if answer.status == 303:  # large pixel data, built when first asked for: the same part
         content_type, raw = follow_presigned(world.s3, world.settings.bucket_name, answer.headers["Location"])
         ((headers, body),) = split_multipart(raw, content_type)
     else:
@@ -709,14 +716,16 @@ def test_frames_are_pydicoms_frames_read_by_range(world: World, entry: CorpusFil
     for numbers in _frame_batches([len(f) for f in expected]):
         service, reader = world.service()
         if len(numbers) == 1 and len(expected[numbers[0] - 1]) > 4_400_000:
-            # A frame larger than one response can carry: once the series' bundles are built
-            # (when it is stable), a redirect to the pre-built part; before, 413 (if indexed)
+            # A frame larger than one response can carry (if indexed): ordered when first
+            # asked for, then a redirect to its built body
             if not indexed:
                 with pytest.raises(PayloadTooLarge):
                     service.frames(_frames_request(entry, numbers))
                 continue
-            world.prebuild(entry)
             response = service.frames(_frames_request(entry, numbers))
+            if WAIT_PARAMETER in response.headers["Location"]:  # not built before (as bulk data)
+                assert world.fulfil() == ["built"]
+                response = service.frames(_frames_request(entry, numbers))
             assert response.status == 303
             raw = follow_presigned(world.s3, world.settings.bucket_name, response.headers["Location"])
             ((headers, body),) = split_multipart(raw[1], raw[0])
@@ -1117,16 +1126,14 @@ def test_compressed_frames_decompress_pixel_exact_or_406(world: World, entry: Co
     except Exception:  # no codec can decode it
         expected = None
     # When its first frame is retrieved uncompressed (the default Accept)
-    answer = world.get(f"{entry.url}/frames/1")
+    answer = world.get_built(f"{entry.url}/frames/1")
     # Then it is pixel-exact when the codecs support the file, else 406 naming what is available
     if expected is None:
         _assert_406_with_what_is_available(answer)
         return
     if len(expected) > RESPONSE_LIMIT:
-        # A decoded frame larger than one response can carry: pre-built decompressed by the
-        # bundle hook (when the series is stable), then a redirect to it
-        world.prebuild(entry)
-        answer = world.get(f"{entry.url}/frames/1")
+        # A decoded frame larger than one response can carry: built decompressed when first
+        # asked for, then a redirect to it
         assert answer.status == 303, (answer.status, answer.body[:300])
         content_type, raw = follow_presigned(world.s3, world.settings.bucket_name, answer.headers["Location"])
         ((headers, pixels),) = split_multipart(raw, content_type)
@@ -1149,18 +1156,20 @@ def test_compressed_instances_decompress_pixel_exact_or_406(world: World, entry:
     except Exception:  # no codec can decode it
         expected = None
     # When it is retrieved with the default Accept (Explicit VR Little Endian)
-    answer = world.get(entry.url)
+    answer = world.get_built(entry.url)
     # Then it is the same instance with the same pixels, native, when the codecs support the
     # file, else 406 naming what is available
     if expected is None:
         _assert_406_with_what_is_available(answer)
         return
     if expected.nbytes > RESPONSE_LIMIT:
-        # Decompressed, more than one response can carry
-        assert answer.status == 413, (answer.status, answer.body[:300])
-        return
-    assert answer.status == 200, answer.body[:300]
-    ((headers, body),) = answer.parts()
+        # Decompressed, more than one response can carry: the body built when first asked for
+        assert answer.status == 303, (answer.status, answer.body[:300])
+        raw = follow_presigned(world.s3, world.settings.bucket_name, answer.headers["Location"])
+        ((headers, body),) = split_multipart(raw[1], raw[0])
+    else:
+        assert answer.status == 200, answer.body[:300]
+        ((headers, body),) = answer.parts()
     assert transfer_syntax_of(headers["content-type"]) == ExplicitVRLittleEndian
     returned = _dataset(body)
     assert returned.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian

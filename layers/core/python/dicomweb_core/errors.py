@@ -61,6 +61,12 @@ class PayloadTooLarge(DicomWebError):
     default_message = "The request is too large."
 
 
+class ServiceUnavailable(DicomWebError):
+    """A temporary condition: the client should retry after ``retry_after`` seconds."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 class UnsupportedMediaType(DicomWebError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     default_message = "The Content-Type is not supported."

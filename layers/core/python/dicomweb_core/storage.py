@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -145,6 +146,18 @@ class ObjectReader:
         self.requests += 1
         self.bytes_read += len(body)
         return body
+
+    def exists(self, key: str) -> bool:
+        """Whether the object is there now (one HEAD; S3 answers 404 for a missing key only to
+        a caller with ``s3:ListBucket`` on its prefix, 403 otherwise, which is raised)."""
+        self.requests += 1
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
 
     def same_host_url(
         self, key: str, *, version_id: str | None, public_base_url: str, expires_in: int = 300

@@ -1,66 +1,51 @@
-"""Pre-built responses for retrievals too large for a Lambda response (PS3.18 §10.4.1.1.1, §10.4.1.1.4).
+"""Bodies of retrievals too large for a Lambda response (PS3.18 §10.4.1.1.1, §10.4.1.1.4),
+built when first asked for.
 
 A Lambda response carries about 4.4 MB of raw bytes, so a study, series or instance
-retrieval above that cannot come from the retrieve function. When a series (or study)
-becomes stable, the bundle hook writes the exact ``multipart/related;
-type="application/dicom"`` body of each large resource as one S3 object, with the
+retrieval above that cannot come from the retrieve function. The first time one is asked
+for, the retrieve function orders its body (``wado.redirects``: a :class:`BundleOrder` on
+``BundleQueue``), and BundleFunction writes the exact response as one S3 object, with the
 response's Content-Type stored on the object:
 
-- the series, and each of its instances above the limit (for a client that retrieves
-  them one by one, as dicomweb-client's ``retrieve_instance`` does, in multipart);
-- the study, on ``StudyStable``, when it has more than one series (a study of one series
-  is answered with its series' bundle: the same body);
-
-each as stored (``transfer-syntax=*``) and, when some instance is stored in another
-syntax, in the default Explicit VR Little Endian (decompressed or transcoded by
-``dicom.pixels``, with the imaging layer's codecs). Each frame above the limit is
-written too, as a one-part ``multipart/related; type="application/octet-stream"`` body:
-as stored and, for compressed pixel data the codecs decode, decompressed.
+- a study, series or instance as ``multipart/related; type="application/dicom"``, in the
+  transfer syntax asked for (as stored, or converted by ``dicom.pixels`` with the
+  imaging layer's codecs); a study of one series is answered with its series' body;
+- one frame as a one-part ``multipart/related; type="application/octet-stream"``, as
+  stored or, for compressed pixel data, decompressed.
 
 The retrieve function then answers ``303 See Other`` to a short-lived presigned URL of
-the bundle *on the API's own host* (``wado.redirects``; CloudFront routes the
-``/bundles/*`` and ``/studies/*.dcm`` paths to the bucket; see template.yaml and
-docs/conformance.md), which every client follows, including those that pin the Host
-header.
+the body *on the API's own host* (CloudFront routes the ``/bundles/*`` and
+``/studies/*.dcm`` paths to the bucket; see template.yaml and docs/conformance.md), which
+every client follows, including those that pin the Host header. Bodies expire
+``BundleRetentionDays`` after they are written (a lifecycle rule) and are built again when
+asked for again, so the store keeps a second copy only of what is being retrieved.
 
-Bundles are composed with S3 multipart uploads: framing bytes and small instances are
+Bodies are composed with S3 multipart uploads: framing bytes and small instances are
 buffered into parts of at least 5 MiB, and long object ranges are copied server-side
-(UploadPartCopy), so memory stays bounded whatever the series size. A bundle's key names
-the series/study version; the index records which version has bundles
-(``bundle_version``), so the retrieve function never probes S3 for a missing one.
+(UploadPartCopy), so memory stays bounded whatever the series size. A body's key names
+the series' (or study's) content version, so a new instance makes a new body.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dicomweb_core.dicom.codecs import CannotDecode
 from dicomweb_core.dicom.pixels import InstancePixels, instance_in_syntax
+from dicomweb_core.errors import Gone, NotFound
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.reader import instances_of
-from dicomweb_core.index.versions import at_version, record_version
+from dicomweb_core.index.versions import at_version
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.wado import media
-from dicomweb_core.wado.prebuilt import RESPONSE_LIMIT, bundle_key
+from dicomweb_core.wado.prebuilt import BundleOrder
 from dicomweb_core.web.multipart import closing_delimiter, multipart_content_type, new_boundary, part_opening
 from dicomweb_core.web.uri import DicomWebURI
 
 MIN_PART = 5 * 1024 * 1024  # S3: every part but the last
 BUFFER_TARGET = 8 * 1024 * 1024
-
-
-def syntaxes(items: Sequence[InstanceItem]) -> list[str]:
-    """The transfer syntaxes bundles are built in: as stored, and the default one when it differs."""
-    if all(i.transfer_syntax_uid == media.EXPLICIT_VR_LITTLE_ENDIAN for i in items):
-        return [media.AS_STORED]  # the same bytes serve both requests
-    return [media.AS_STORED, media.EXPLICIT_VR_LITTLE_ENDIAN]
-
-
-def needs_bundle(items: Sequence[InstanceItem]) -> bool:
-    return sum(int(i.size) for i in items) > RESPONSE_LIMIT
 
 
 # ------------------------------------------------------------------- composition
@@ -186,12 +171,12 @@ def frame_segments(label: str, body: Sequence[Segment], size: int) -> tuple[list
     return segments, multipart_content_type(boundary, media.OCTET_STREAM)
 
 
-# ---------------------------------------------------------------------- the hook
+# ---------------------------------------------------------------------- the builder
 class BundleBuilder:
-    """Builds the bundles of a stable series or study version (the bundle hook).
+    """Builds the body a :class:`BundleOrder` names, while its version is current.
 
-    Instances in another syntax than the bundle's are converted, and large compressed
-    frames decompressed, by the pixel code (``dicom.pixels``) from the composer's reader.
+    Instances in another syntax than the body's are converted, and compressed frames
+    decompressed, by the pixel code (``dicom.pixels``) from the composer's reader.
     """
 
     def __init__(self, composer: BundleComposer) -> None:
@@ -201,50 +186,60 @@ class BundleBuilder:
         """The instance's Part 10 bytes in ``syntax`` (a UID other than its stored one)."""
         return instance_in_syntax(self.composer.reader, item, syntax)
 
-    def build_series(self, study: str, series: str, version: str) -> str:
-        current = at_version(SeriesItem, SeriesItem.key(study, series), version)
-        if current is None:
+    def build(self, order: BundleOrder) -> str:
+        """Write the order's body: ``built``; or ``exists``, ``changed`` (the resource has a
+        newer version, or is gone), ``missing`` (no such instance or frame) or
+        ``undecodable`` (its pixel data cannot be converted here)."""
+        series = None if order.series == "-" else order.series
+        owner: Any = (
+            at_version(SeriesItem, SeriesItem.key(order.study, series), order.version)
+            if series is not None
+            else at_version(StudyItem, StudyItem.key(order.study), order.version)
+        )
+        if owner is None:
             return "changed"
-        if current.bundle_version == version:
+        if self.composer.reader.exists(order.key):
             return "exists"
-        items = instances_of(DicomWebURI("", study=study, series=series))
-        written = 0
-        if needs_bundle(items):
-            for syntax in syntaxes(items):
-                self._write(items, syntax, bundle_key(version, syntax, study, series))
-                for item in items:
-                    if needs_bundle([item]):
-                        self._write([item], syntax, bundle_key(version, syntax, study, series, item.sop_uid))
-            written += 1
-        written += sum(self._write_large_frames(item, version) for item in items)
-        if not written:
-            return "small"
-        outcome = self._record(current, SeriesItem.bundle_version)
-        if outcome == "built":
-            self._remove_superseded(f"bundles/{study}/{series}/", version)
-        return outcome
+        instance = None if order.instance == "-" else order.instance
+        try:
+            items = instances_of(DicomWebURI("", study=order.study, series=series, instance=instance))
+        except (NotFound, Gone):
+            return "missing"
+        try:
+            if order.frame is None:
+                segments, content_type = multipart_segments(items, order.syntax, self.convert)
+            else:
+                (item,) = items
+                frame = self._frame_segments(item, order.frame, order.syntax)
+                if frame is None:
+                    return "missing"
+                segments, content_type = frame
+        except CannotDecode:  # logged by the pixel code; WADO answers 503 once it gives up
+            return "undecodable"
+        self.composer.compose(order.key, segments, content_type=content_type)
+        self._remove_superseded(f"bundles/{order.study}/{order.series}/", order.version)
+        return "built"
 
-    def build_study(self, study: str, version: str) -> str:
-        current = at_version(StudyItem, StudyItem.key(study), version)
-        if current is None:
-            return "changed"
-        if current.bundle_version == version:
-            return "exists"
-        items = instances_of(DicomWebURI("", study=study))
-        if not needs_bundle(items):
-            return "small"
-        if len({item.series_uid for item in items}) == 1:
-            return "single-series"  # its series' bundle serves the study (wado.redirects)
-        for syntax in syntaxes(items):
-            self._write(items, syntax, bundle_key(version, syntax, study))
-        outcome = self._record(current, StudyItem.bundle_version)
-        if outcome == "built":
-            self._remove_superseded(f"bundles/{study}/-/", version)
-        return outcome
+    def _frame_segments(
+        self, item: InstanceItem, number: int, syntax: str
+    ) -> tuple[list[Segment], str] | None:
+        """One frame as stored (object ranges) or decompressed (``syntax`` Explicit VR LE)."""
+        source = InstancePixels(self.composer.reader, item)
+        index = source.index
+        if index is None or not 1 <= number <= len(index):
+            return None
+        if syntax == media.AS_STORED:
+            ranges: list[Segment] = [
+                ObjectRange(item.s3_key, item.s3_version_id, offset, offset + length)
+                for offset, length in index.frames[number - 1]
+            ]
+            return frame_segments(item.transfer_syntax_uid, ranges, index.frame_size(number))
+        (decoded,) = source.decoded([number], source.stored([number]))
+        return frame_segments(syntax, [decoded], len(decoded))
 
     def _remove_superseded(self, prefix: str, version: str) -> None:
-        """Delete the bundles of older versions under ``prefix`` (no longer referenced by the
-        index; the versioned bucket keeps them recoverable for the retention period)."""
+        """Delete the bodies of older versions under ``prefix`` (no longer asked for; the
+        versioned bucket keeps them recoverable for the retention period)."""
         client = self.composer.client
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.composer.bucket, Prefix=prefix)
         stale = [
@@ -257,44 +252,3 @@ class BundleBuilder:
             client.delete_objects(
                 Bucket=self.composer.bucket, Delete={"Objects": stale[start : start + 1000]}
             )
-
-    def _write_large_frames(self, item: InstanceItem, version: str) -> int:
-        """Frames over the limit (as stored; and decompressed, for compressed pixel data)."""
-        source = InstancePixels(self.composer.reader, item)
-        index = source.index
-        if index is None:
-            return 0
-        written = 0
-        key = functools.partial(bundle_key, version, study=item.study_uid, series=item.series_uid)
-        decoded_size = source.decoded_size() if index.encapsulated else 0
-        for number in range(1, len(index) + 1):
-            size = index.frame_size(number)
-            if size > RESPONSE_LIMIT:
-                ranges = [
-                    ObjectRange(item.s3_key, item.s3_version_id, offset, offset + length)
-                    for offset, length in index.frames[number - 1]
-                ]
-                segments, content_type = frame_segments(item.transfer_syntax_uid, ranges, size)
-                target = key(media.AS_STORED, instance=item.sop_uid, frame=number)
-                self.composer.compose(target, segments, content_type=content_type)
-                written += 1
-            if decoded_size > RESPONSE_LIMIT:
-                try:
-                    (decoded,) = source.decoded([number], source.stored([number]))
-                except CannotDecode:  # logged by the pixel code; the frame stays 406 uncompressed
-                    continue
-                syntax = media.EXPLICIT_VR_LITTLE_ENDIAN
-                segments, content_type = frame_segments(syntax, [decoded], len(decoded))
-                target = key(syntax, instance=item.sop_uid, frame=number)
-                self.composer.compose(target, segments, content_type=content_type)
-                written += 1
-        return written
-
-    def _write(self, items: Sequence[InstanceItem], syntax: str, key: str) -> None:
-        segments, content_type = multipart_segments(items, syntax, self.convert)
-        self.composer.compose(key, segments, content_type=content_type)
-
-    @staticmethod
-    def _record(item: SeriesItem | StudyItem, attribute: Any) -> str:
-        """Announce the bundles only while this is still the current version."""
-        return "built" if record_version(item, attribute) else "changed"

@@ -135,7 +135,6 @@ class StudyItem(IndexItem, discriminator="study"):
     series_count = NumberAttribute(default=0)  # NumberOfStudyRelatedSeries
     instance_count = NumberAttribute(default=0)  # NumberOfStudyRelatedInstances
     stable_version = UnicodeAttribute(null=True)  # the version last announced as StudyStable
-    bundle_version = UnicodeAttribute(null=True)  # the version whose large-retrieval bundles exist
     # Set when a DELETE of the study begins: from then on every write into it is refused.
     deleting = UTCDateTimeAttribute(null=True)
     # How many DELETEs of the study had begun when this item was created (the tombstone's
@@ -160,7 +159,6 @@ class SeriesItem(IndexItem, discriminator="series"):
     instance_count = NumberAttribute(default=0)  # NumberOfSeriesRelatedInstances
     stable_version = UnicodeAttribute(null=True)  # the version last announced as SeriesStable
     metadata_version = UnicodeAttribute(null=True)  # the version whose metadata document is pre-built
-    bundle_version = UnicodeAttribute(null=True)  # the version whose large-retrieval bundles exist
 
     @staticmethod
     def key(study: str, series: str) -> tuple[str, str]:

@@ -3,16 +3,19 @@ the answers they build ahead of time, and how they are read back.
 
 Two hooks build for WADO-RS, keyed by the study's or series' content version: the series
 metadata hook (the ordered array of a stable series' instance metadata documents,
-PS3.18 §10.4.1.1.2) and the bundle hook (multipart bodies of retrievals too large for one
-response, §10.4.1.1.1, §10.4.1.1.3). WADO only reads them; when one does not exist for the
-current version, WADO answers from the per-instance objects, or with 413 until it does.
+PS3.18 §10.4.1.1.2), and the bundle builder (the multipart body of one retrieval too large
+for a response, §10.4.1.1.1, §10.4.1.1.3), which builds what a :class:`BundleOrder` names
+when WADO first needs it (``wado.redirects``). WADO reads them; a missing metadata document
+is assembled from the per-instance ones.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 
 from dicomweb_core.index.models import InstanceItem, SeriesItem
 from dicomweb_core.index.reader import instances_of
@@ -38,6 +41,38 @@ def bundle_key(
     tag = "stored" if syntax == media.AS_STORED else syntax
     suffix = f".frame-{frame}" if frame is not None else ""
     return f"bundles/{study}/{series}/{instance}/{version}/{tag}{suffix}.multipart"
+
+
+@dataclass(frozen=True, slots=True)
+class BundleOrder:
+    """One body to build: a study, series or instance (``-`` where absent), or one of its
+    frames, at a content version, in a transfer syntax (``*``: as stored)."""
+
+    version: str
+    syntax: str
+    study: str
+    series: str = "-"
+    instance: str = "-"
+    frame: int | None = None
+
+    @property
+    def key(self) -> str:
+        return bundle_key(self.version, self.syntax, self.study, self.series, self.instance, frame=self.frame)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> BundleOrder:
+        fields = json.loads(text)
+        return cls(
+            version=str(fields["version"]),
+            syntax=str(fields["syntax"]),
+            study=str(fields["study"]),
+            series=str(fields.get("series", "-")),
+            instance=str(fields.get("instance", "-")),
+            frame=int(fields["frame"]) if fields.get("frame") is not None else None,
+        )
 
 
 def cached(reader: ObjectReader, series: SeriesItem) -> str | None:

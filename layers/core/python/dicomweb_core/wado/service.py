@@ -31,7 +31,7 @@ from dicomweb_core.storage import ObjectReader, metadata_key
 from dicomweb_core.wado import media, prebuilt
 from dicomweb_core.wado.limits import FEWER_FRAMES, check_decoded_fit, check_frames_fit
 from dicomweb_core.wado.prebuilt import RESPONSE_LIMIT
-from dicomweb_core.wado.redirects import LargeAnswers
+from dicomweb_core.wado.redirects import BundleOrders, LargeAnswers
 from dicomweb_core.wado.replies import IMMUTABLE, REVALIDATE, etag_matches, not_modified, ok_reply
 from dicomweb_core.web.mediatype import MediaType
 from dicomweb_core.web.multipart import encode_multipart, multipart_content_type
@@ -61,12 +61,23 @@ class Request:
 class RetrieveService:
     """The retrieve verbs of one store, reading its bucket through ``reader``."""
 
-    def __init__(self, *, settings: Settings, reader: ObjectReader, public_objects: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        reader: ObjectReader,
+        public_objects: bool = True,
+        orders: BundleOrders | None = None,
+        wait_seconds: float = 0.0,
+    ) -> None:
         self.settings = settings
         self.reader = reader
         # Whether the bucket's objects are reachable on the API's host (primary store only).
         self.public_objects = public_objects
-        self.large = LargeAnswers(reader, public_objects=public_objects)  # over the response limit
+        # Over the response limit: redirects, to bodies built when first asked for (``orders``).
+        self.large = LargeAnswers(
+            reader, public_objects=public_objects, orders=orders, wait_seconds=wait_seconds
+        )
 
     # ------------------------------------------------------------------ instances
     def instances(self, request: Request) -> Reply:
@@ -82,8 +93,10 @@ class RetrieveService:
         )
         total = sum(int(i.size) for i in items)
         if total > RESPONSE_LIMIT:
-            return self.large.instances(request.uri, items, choice)
+            return self.large.instances(request.uri, items, choice, request.query)
         bodies = [(i, self._instance_bytes(i, _actual(choice, i))) for i in items]
+        if sum(len(body) for _, body in bodies) > RESPONSE_LIMIT:  # over the limit once decompressed
+            return self.large.instances(request.uri, items, choice, request.query)
         if not choice.multipart:
             ((item, body),) = bodies
             return ok_reply(body, media.DICOM, cache=IMMUTABLE, etag=item.sha256)
@@ -203,7 +216,9 @@ class RetrieveService:
                 else index.frame_size(numbers[0])
             )
             if size > RESPONSE_LIMIT:
-                return self.large.frame(uri, item, numbers[0], size, actual=actual, part_type=part_type)
+                return self.large.frame(
+                    uri, request.query, item, numbers[0], size, actual=actual, part_type=part_type
+                )
         if index is not None and max(distinct) <= len(index):
             check_frames_fit(index, numbers, metadata)
         frames = source.stored(distinct, little_endian=little_endian)
@@ -260,7 +275,16 @@ class RetrieveService:
             size = index.frame_size(1)
             if size > RESPONSE_LIMIT:
                 actual = _actual(choice, item)
-                return self.large.frame(uri, item, 1, size, actual=actual, part_type=media.OCTET_STREAM)
+                return self.large.frame(
+                    uri,
+                    request.query,
+                    item,
+                    1,
+                    size,
+                    actual=actual,
+                    part_type=media.OCTET_STREAM,
+                    url=f"{uri.url}/bulkdata/{element_path}",
+                )
         data = self.reader.read(item.s3_key, version_id=item.s3_version_id)
         actual = _actual(choice, item)
         value = pixels.element_value(data, element_path, little_endian=actual in pixels.UNCOMPRESSED)
