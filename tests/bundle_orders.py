@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import boto3
 
-from dicomweb_core.hooks.bundles import BundleBuilder, BundleComposer
 from dicomweb_core.storage import ObjectReader
+from dicomweb_core.wado.bundles import BundleBuilder, BundleComposer
 from dicomweb_core.wado.prebuilt import BundleOrder
 
 

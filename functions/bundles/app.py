@@ -1,5 +1,5 @@
 """Bundle builder: a BundleOrder (WADO-RS → BundleQueue → here) → the multipart body of one
-retrieval larger than a function response (see ``dicomweb_core.hooks.bundles``).
+retrieval larger than a function response (see ``dicomweb_core.wado.bundles``).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from dicomweb_core.config import settings
 from dicomweb_core.dicom.uid import validate_uid
 from dicomweb_core.entry.hooks import sqs_handler
-from dicomweb_core.hooks.bundles import BundleBuilder, BundleComposer
 from dicomweb_core.observability import MetricUnit, logger, metrics
 from dicomweb_core.storage import ObjectReader
+from dicomweb_core.wado.bundles import BundleBuilder, BundleComposer
 from dicomweb_core.wado.prebuilt import BundleOrder
 
 SETTINGS = settings()

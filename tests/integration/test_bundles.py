@@ -22,12 +22,11 @@ import numpy
 import pytest
 
 from dicomweb_core import config
-from dicomweb_core.hooks import bundles
-from dicomweb_core.hooks.bundles import MIN_PART, BundleBuilder, BundleComposer, ObjectRange
 from dicomweb_core.index.models import SeriesItem
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.stow.service import StowService
-from dicomweb_core.wado import media, prebuilt
+from dicomweb_core.wado import bundles, media, prebuilt
+from dicomweb_core.wado.bundles import MIN_PART, BundleBuilder, BundleComposer, ObjectRange
 from dicomweb_core.wado.orders import QueuedBundleOrders
 from dicomweb_core.wado.prebuilt import BundleOrder
 from dicomweb_core.wado.redirects import WAIT_PARAMETER, WAIT_ROUNDS, LargeAnswers

@@ -8,7 +8,7 @@ too (``ObjectReader.same_host_url``):
 
 - one instance as single-part ``application/dicom`` as stored: the stored object itself;
 - a multipart study, series or instance, or one frame: its exact body, built once when it
-  is first asked for (``hooks.bundles``) and kept for ``BundleRetentionDays``.
+  is first asked for (``wado.bundles``) and kept for ``BundleRetentionDays``.
 
 A body that is not built yet is ordered (a message to ``BundleQueue``). The request then
 waits for it, up to ``wait_seconds``; when that is not enough for a large series, the
