@@ -28,7 +28,7 @@ from moto.backends import get_backend
 from dicomweb_core.dicom.instance import ReceivedInstance
 from dicomweb_core.index import items, keys
 from dicomweb_core.index.models import IndexItem, PostingItem, RegistryItem, bind_table
-from dicomweb_core.index.write_results import StoredObject
+from dicomweb_core.index.write_results import StoredObject, WriteContext
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
 from dicomweb_core.qido.search import search
@@ -154,7 +154,7 @@ def index_items(plans: list[StudyPlan]) -> Iterator[IndexItem]:
             for instance in instances:
                 yield items.instance_item(instance, stored, now, series_sort=f"{sort}#{series_uid}")
         assert first is not None
-        study = items.study_item(first, items.WriteContext(False, False, sort, deletions=0), now)
+        study = items.study_item(first, WriteContext(False, False, sort, deletions=0), now)
         # the aggregates as AggregatesFunction leaves them (index.aggregates)
         study.modalities = {m for _, m, _ in plan.series}
         study.modality_combo = combo

@@ -9,14 +9,13 @@ series or study its series and study item, with the secondary-index key attribut
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 from dicomweb_core.dicom.instance import ReceivedInstance
 from dicomweb_core.index import keys
 from dicomweb_core.index.models import IndexItem, InstanceItem, SeriesItem, SopItem, StudyItem
-from dicomweb_core.index.write_results import StoredObject
+from dicomweb_core.index.write_results import StoredObject, WriteContext
 
 _Item = TypeVar("_Item", bound=IndexItem)
 
@@ -24,16 +23,6 @@ _Item = TypeVar("_Item", bound=IndexItem)
 STUDY_MONTHS = "STUDY_MONTHS"
 PPS_MONTHS = "PPS_MONTHS"
 MODALITY_COMBOS = "MODALITY_COMBOS"
-
-
-@dataclass(frozen=True, slots=True)
-class WriteContext:
-    """What a first store's transaction depends on, read just before it (IndexWriter._context)."""
-
-    study_exists: bool
-    series_exists: bool
-    study_sort: str
-    deletions: int  # the study's DELETE count, read before the objects were put
 
 
 def study_item(instance: ReceivedInstance, context: WriteContext, now: datetime) -> StudyItem:

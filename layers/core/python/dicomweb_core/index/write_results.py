@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from dicomweb_core.dicom.failures import FailureReason
 from dicomweb_core.dicom.instance import ReceivedInstance
-
-if TYPE_CHECKING:
-    from dicomweb_core.index.items import WriteContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +16,16 @@ class StoredObject:
     version_id: str | None
     sha256: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteContext:
+    """What a first store's transaction depends on, read just before it (IndexWriter._context)."""
+
+    study_exists: bool
+    series_exists: bool
+    study_sort: str
+    deletions: int  # the study's DELETE count, read before the objects were put
 
 
 @dataclass(frozen=True, slots=True)

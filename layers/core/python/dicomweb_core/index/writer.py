@@ -45,7 +45,6 @@ from dicomweb_core.index.items import (
     MODALITY_COMBOS,
     PPS_MONTHS,
     STUDY_MONTHS,
-    WriteContext,
     frame_index_json,
     instance_item,
     series_item,
@@ -71,6 +70,7 @@ from dicomweb_core.index.write_results import (
     Prior,
     StoredObject,
     StudyDeleted,
+    WriteContext,
 )
 
 MAX_ATTEMPTS = 8
