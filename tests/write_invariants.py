@@ -43,32 +43,42 @@ def check(
     ``deleted``: studies whose DELETE was answered 204. ``leaks``: a request died without an
     answer, or a best-effort cleanup after its commit failed, so unreferenced objects may
     remain (they are never read)."""
-    sop_items = {_sop_uid(i): i for i in SopItem.scan() if isinstance(i, SopItem)}
+    claims = {_sop_uid(i): i for i in SopItem.scan() if isinstance(i, SopItem)}
+    indexed = [i for i in InstanceItem.scan() if isinstance(i, InstanceItem)]
+    duplicated = [sop for sop, n in Counter(i.sop_uid for i in indexed).items() if n > 1]
+    assert not duplicated, f"SOP Instance UIDs indexed in two places: {duplicated}"
+    instances = {i.sop_uid: i for i in indexed}
+    for sop, instance in instances.items():
+        claim = claims.get(sop)
+        assert claim is not None, f"instance {sop} is indexed without its SOP claim"
+        assert (claim.study_uid, claim.series_uid) == (instance.study_uid, instance.series_uid), (
+            f"instance {sop} is indexed in another place than its SOP claim names"
+        )
+    if not leaks:
+        unused = sorted(set(claims) - set(instances))
+        assert not unused, f"refused or failed writes left SOP claims with no instance: {unused}"
     for sop, contents in acknowledged.items():
-        assert sop in sop_items, f"acknowledged instance {sop} is not in the index"
-        _readable_at_indexed_version(s3, bucket, sop_items[sop], contents)
-    referenced = {i.s3_key for i in sop_items.values()}
+        assert sop in instances, f"acknowledged instance {sop} is not in the index"
+        _readable_at_indexed_version(s3, bucket, instances[sop], contents)
+    referenced = {i.s3_key for i in instances.values()}
     referenced |= {metadata_key(k) for k in referenced}
-    for study in {i.study_uid for i in sop_items.values()}:
+    for study in {i.study_uid for i in instances.values()}:
         _counts_exact(study)
     for study in deleted:
-        _nothing_survives(s3, bucket, study, sop_items.values())
+        _nothing_survives(s3, bucket, study, claims.values())
     if not leaks:
         unreferenced = set(_current_keys(s3, bucket, "studies/")) - referenced
         assert not unreferenced, f"refused or failed writes left current objects: {sorted(unreferenced)}"
 
 
-def _readable_at_indexed_version(s3: Any, bucket: str, sop: SopItem, contents: Collection[bytes]) -> None:
-    instance = InstanceItem.get(*InstanceItem.key(sop.study_uid, sop.series_uid, _sop_uid(sop)))
-    assert (instance.s3_key, instance.s3_version_id, instance.sha256) == (
-        sop.s3_key,
-        sop.s3_version_id,
-        sop.sha256,
-    ), "the instance item and the SOP item name different objects"
-    body = s3.get_object(Bucket=bucket, Key=sop.s3_key, VersionId=sop.s3_version_id)["Body"].read()
+def _readable_at_indexed_version(
+    s3: Any, bucket: str, instance: InstanceItem, contents: Collection[bytes]
+) -> None:
+    key, version = instance.s3_key, instance.s3_version_id
+    body = s3.get_object(Bucket=bucket, Key=key, VersionId=version)["Body"].read()
     assert body in contents, "the indexed version is not an acknowledged content"
-    assert _latest(s3, bucket, sop.s3_key) == sop.s3_version_id, "the indexed version is noncurrent"
-    document_key = metadata_key(sop.s3_key)
+    assert _latest(s3, bucket, key) == version, "the indexed version is noncurrent"
+    document_key = metadata_key(key)
     document = json.loads(s3.get_object(Bucket=bucket, Key=document_key)["Body"].read())
     assert document == read_instance(memoryview(body), limits=Limits()).metadata, (
         "the metadata document does not belong to the indexed bytes"
@@ -97,12 +107,12 @@ def _counts_exact(study: str) -> None:
         assert int(item.instance_count) == per_series[item.series_uid], "a series' instance count is off"
 
 
-def _nothing_survives(s3: Any, bucket: str, study: str, sop_items: Collection[SopItem]) -> None:
+def _nothing_survives(s3: Any, bucket: str, study: str, claims: Collection[SopItem]) -> None:
     kinds = {type(i) for i in IndexItem.query(study_pk(study), consistent_read=True)}
     assert kinds <= {DeletedStudyItem}, f"index items of a deleted study survive: {kinds}"
     tombstone = DeletedStudyItem.get(*DeletedStudyItem.key(study), consistent_read=True)
     assert tombstone.deleting is None, "the tombstone still says a DELETE is under way"
-    assert not [i for i in sop_items if i.study_uid == study], "SOP items of a deleted study survive"
+    assert not [i for i in claims if i.study_uid == study], "SOP claims of a deleted study survive"
     for prefix in DELETED_PREFIXES:
         current = _current_keys(s3, bucket, prefix.format(study=study))
         assert not current, f"objects of a deleted study are current: {current}"

@@ -155,9 +155,17 @@ class Runtime:
         except self.s3.exceptions.NoSuchKey:
             return None
 
+    def indexed_instance(self, sop: str) -> dict[str, Any] | None:
+        """The instance item at the place the SOP claim names (None: not indexed)."""
+        claim = self.index_item(f"SOP#{sop}", "SOP")
+        if claim is None:
+            return None
+        study, series = claim["study_uid"]["S"], claim["series_uid"]["S"]
+        return self.index_item(f"STUDY#{study}", f"INSTANCE#{series}#{sop}")
+
     def instance_bytes(self, sop: str) -> bytes | None:
         """The bytes of the object version the index names for an instance (None: not indexed)."""
-        item = self.index_item(f"SOP#{sop}", "SOP")
+        item = self.indexed_instance(sop)
         if item is None:
             return None
         return self.object_bytes(item["s3_key"]["S"], item.get("s3_version_id", {}).get("S"))

@@ -51,7 +51,7 @@ def test_a_restart_keeps_instances_index_and_tokens(local_dir: Path, runtimes: l
     # And the object is still in S3, once, and the instance still indexed
     assert second.instance_bytes(instance.sop) == zero_preamble(instance.data)
     assert len(second.instance_versions(instance.prefix)) == 1
-    assert second.index_item(f"SOP#{instance.sop}", "SOP") is not None
+    assert second.indexed_instance(instance.sop) is not None
     assert second.study_counts(instance.study) == (1, 1)
     # And a re-store is idempotent (200) and the study still counts one instance
     again = stow(second.base_url, [instance.data], token=second.tokens["uploader"])

@@ -251,13 +251,15 @@ def test_index_has_every_instance_and_true_study_counts(runtime: Runtime, stored
     files = corpus().primary
     # When the index table is scanned
     items = runtime.scan_index()
-    # Then every SOP Instance UID has its SOP item pointing at its object
-    sop_items = {item["pk"]["S"]: item for item in items if item["pk"]["S"].startswith("SOP#")}
+    # Then every SOP Instance UID is claimed for its study and series, and its instance item
+    # there points at its object
+    claims = {item["pk"]["S"]: item for item in items if item["pk"]["S"].startswith("SOP#")}
+    indexed = {item["sop_uid"]["S"]: item for item in items if item["sk"]["S"].startswith("INSTANCE#")}
     for entry in files:
-        item = sop_items.get(f"SOP#{entry.sop}")
-        assert item is not None, entry.path.name
-        assert item["study_uid"]["S"] == entry.study
-        assert item["series_uid"]["S"] == entry.series
+        claim, item = claims.get(f"SOP#{entry.sop}"), indexed.get(entry.sop)
+        assert claim is not None and item is not None, entry.path.name
+        assert (claim["study_uid"]["S"], claim["series_uid"]["S"]) == (entry.study, entry.series)
+        assert (item["study_uid"]["S"], item["series_uid"]["S"]) == (entry.study, entry.series)
         assert item["s3_key"]["S"].startswith(entry.prefix)
         assert item["sha256"]["S"] == entry.sha256
     # And each study item counts exactly the instances and series the files hold, plus the
@@ -266,10 +268,10 @@ def test_index_has_every_instance_and_true_study_counts(runtime: Runtime, stored
     series: defaultdict[str, set[str]] = defaultdict(set)
     for entry in files:
         series[entry.study].add(entry.series)
-    ours = {f"SOP#{f.sop}" for f in files}
-    for pk, item in sop_items.items():
+    ours = {f.sop for f in files}
+    for sop, item in indexed.items():
         study = item["study_uid"]["S"]
-        if pk in ours or study not in instances:
+        if sop in ours or study not in instances:
             continue
         assert item["sop_class_uid"]["S"] in INFERENCE_RESULT_CLASSES, item
         instances[study] += 1
@@ -350,7 +352,7 @@ def test_a_file_over_the_api_payload_limit_is_413(runtime: Runtime, stored: Stor
     # Given the largest accepted file (its base64 event exceeds Lambda's 6 MB request payload)
     largest = max(corpus().oversize, key=lambda f: len(f.data))
     assert len(largest.data) * 4 / 3 > 6 * 1024 * 1024
-    before = runtime.index_item(f"SOP#{largest.sop}", "SOP")
+    before = runtime.indexed_instance(largest.sop)
     # When it is stored in one request
     response = requests.post(
         f"{runtime.base_url}/studies",
@@ -360,4 +362,4 @@ def test_a_file_over_the_api_payload_limit_is_413(runtime: Runtime, stored: Stor
     )
     # Then the API refuses it with 413 and nothing changes
     assert response.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE, response.text
-    assert runtime.index_item(f"SOP#{largest.sop}", "SOP") == before
+    assert runtime.indexed_instance(largest.sop) == before

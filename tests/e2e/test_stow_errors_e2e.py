@@ -46,13 +46,13 @@ def post(
 
 
 def assert_not_stored(runtime: Runtime, instance: Instance) -> None:
-    assert runtime.index_item(f"SOP#{instance.sop}", "SOP") is None
+    assert runtime.indexed_instance(instance.sop) is None
     assert runtime.study_counts(instance.study) is None
     assert runtime.current_objects(instance.prefix) == []
 
 
 def assert_stored(runtime: Runtime, instance: Instance) -> None:
-    assert runtime.index_item(f"SOP#{instance.sop}", "SOP") is not None
+    assert runtime.indexed_instance(instance.sop) is not None
     assert runtime.instance_bytes(instance.sop) == zero_preamble(instance.data)
 
 
@@ -192,7 +192,7 @@ def test_a_hostile_or_invalid_instance_gets_a_failure_entry(
     assert failures[0].sop_instance_uid in (bad.sop, None)
     assert [i.sop_instance_uid for i in referenced(payload)] == [valid.sop]
     assert_stored(runtime, valid)
-    assert runtime.index_item(f"SOP#{bad.sop}", "SOP") is None
+    assert runtime.indexed_instance(bad.sop) is None
     assert runtime.current_objects(bad.prefix) == []
 
 

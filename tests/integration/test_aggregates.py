@@ -137,25 +137,31 @@ def test_a_new_series_changes_the_study_aggregates(env: Env) -> None:
 
 
 def _own(pk: str, sk: str) -> bool:
-    """An item only one instance's writes touch: its SOP item or its instance item."""
+    """An item only one instance's writes touch: its SOP claim or its instance item."""
     return pk.startswith("SOP#") or sk.startswith("INSTANCE#")
 
 
-class TransactionLog:
-    """The items each TransactWriteItems call names (a botocore hook on every client)."""
+class WriteLog:
+    """The items each PutItem and TransactWriteItems call names (a hook on pynamodb's calls)."""
 
     def __init__(self) -> None:
-        self.calls: list[list[tuple[str, str, str]]] = []
+        self.calls: list[tuple[str, list[tuple[str, str, str]]]] = []
         self._lock = threading.Lock()
 
-    def __call__(self, params: dict[str, Any], **_: Any) -> None:
-        items = []
-        for entry in params.get("TransactItems", []):
-            ((action, body),) = entry.items()
-            key = body.get("Key") or {"pk": body["Item"]["pk"], "sk": body["Item"]["sk"]}
-            items.append((action, key["pk"]["S"], key["sk"]["S"]))
+    def __call__(self, operation: str, params: dict[str, Any]) -> None:
+        if operation == "PutItem":
+            items = [("Put", params["Item"]["pk"]["S"], params["Item"]["sk"]["S"])]
+        else:
+            items = []
+            for entry in params.get("TransactItems", []):
+                ((action, body),) = entry.items()
+                key = body.get("Key") or {"pk": body["Item"]["pk"], "sk": body["Item"]["sk"]}
+                items.append((action, key["pk"]["S"], key["sk"]["S"]))
         with self._lock:
-            self.calls.append(items)
+            self.calls.append((operation, items))
+
+    def of(self, operation: str) -> list[list[tuple[str, str, str]]]:
+        return [items for called, items in self.calls if called == operation]
 
 
 def test_sixteen_writers_into_one_new_study_share_no_item(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,12 +171,12 @@ def test_sixteen_writers_into_one_new_study_share_no_item(env: Env, monkeypatch:
         [make_instance(study=study, series=series[n % 2], InstanceNumber=w * 8 + n) for n in range(8)]
         for w in range(16)
     ]
-    log = TransactionLog()
+    log = WriteLog()
     original = Connection._make_api_call
 
     def recorded(self: Any, operation: str, operation_kwargs: dict[str, Any], *a: Any, **k: Any) -> Any:
-        if operation == "TransactWriteItems":
-            log(operation_kwargs)
+        if operation in ("PutItem", "TransactWriteItems"):
+            log(operation, operation_kwargs)
         return original(self, operation, operation_kwargs, *a, **k)
 
     monkeypatch.setattr(Connection, "_make_api_call", recorded)
@@ -192,18 +198,22 @@ def test_sixteen_writers_into_one_new_study_share_no_item(env: Env, monkeypatch:
         thread.join()
     assert not errors, errors
     # Then every instance is stored once
-    sops = {pk for call in log.calls for action, pk, _ in call if action == "Put" and pk.startswith("SOP#")}
+    puts = [pk_sk for (pk_sk,) in log.of("PutItem")]
+    sops = {pk for _, pk, _ in puts if pk.startswith("SOP#")}
     assert len(sops) == 128
     assert all(SopItem.get(pk, "SOP").study_uid == study for pk in sops)
-    # And only a transaction that creates the study or a series names a shared item: every
-    # other one names its instance's own two items, so it can conflict with no other writer
-    shared = [call for call in log.calls if any(not _own(pk, sk) for _, pk, sk in call)]
-    assert all(any(sk == "STUDY" or sk.startswith("SERIES#") for _, _, sk in call) for call in shared)
-    creators = {sk for call in shared for action, pk, sk in call if action == "Put" and not _own(pk, sk)}
+    # And every write outside a transaction names one instance's own item (its SOP claim
+    # or its instance item), so it can conflict with no other writer
+    assert all(_own(pk, sk) for _, pk, sk in puts)
+    # And the only transactions create the study or a series, with their first instance
+    transactions = log.of("TransactWriteItems")
+    assert all(any(sk == "STUDY" or sk.startswith("SERIES#") for _, _, sk in call) for call in transactions)
+    creators = {
+        sk for call in transactions for action, pk, sk in call if action == "Put" and not _own(pk, sk)
+    }
     assert creators <= {"STUDY", *(f"SERIES#{s}" for s in series)}
-    plain = [call for call in log.calls if call not in shared]
-    assert all(len(call) == 2 for call in plain)
-    assert len(plain) >= 128 - 16
+    committed_alone = [sk for _, _, sk in puts if sk.startswith("INSTANCE#")]
+    assert len(committed_alone) >= 128 - len(transactions)
     # And once the stream is read the counts are exact
     settle(env.stack)
     assert aggregates(study) == (128, 2, ["CT"], {series[0]: 64, series[1]: 64})

@@ -24,7 +24,8 @@ from dicomweb_core import config
 from dicomweb_core.changefeed.feed import ChangeFeed
 from dicomweb_core.config import DuplicatePolicy, Settings
 from dicomweb_core.index import writer
-from dicomweb_core.index.models import SopItem, bind_table
+from dicomweb_core.index.models import bind_table
+from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.stow.service import StowService
 from infra.datasets.generate import make_dataset, new_uid, to_part10
 from infra.local.provision import Stack
@@ -69,8 +70,9 @@ class Env:
         return self.published()
 
     def object_of(self, sop: str) -> tuple[str, str | None, int]:
-        item = SopItem.get(*SopItem.key(sop), consistent_read=True)
-        return item.s3_key, item.s3_version_id, int(item.size)
+        existing = IndexWriter().find(sop)
+        assert existing is not None, f"{sop} is not indexed"
+        return existing.stored.key, existing.stored.version_id, existing.stored.size
 
     def dead_letters(self) -> list[dict[str, Any]]:
         queue = self.stack.physical_ids["ChangeFeedDeadLetterQueue"]
@@ -232,8 +234,8 @@ def test_a_cancelled_transaction_streams_nothing_and_its_retry_is_announced_once
     real_context = writer._context
     stale = {"left": 1}
 
-    def stale_context(instance: Any, items: Any, deletions: int) -> Any:
-        context = real_context(instance, items, deletions)
+    def stale_context(instance: Any, items: Any, deletions: int, **flags: bool) -> Any:
+        context = real_context(instance, items, deletions, **flags)
         if stale["left"]:
             stale["left"] -= 1
             return replace(context, series_exists=False)

@@ -28,7 +28,8 @@ from dicomweb_core import config
 from dicomweb_core.config import Settings
 from dicomweb_core.hooks.deid.pipeline import DeidPipeline, Outcome, Rules
 from dicomweb_core.hooks.deid.profile import Dates, Deidentifier, Options
-from dicomweb_core.index.models import SopItem, StudyItem, bind_table
+from dicomweb_core.index.models import StudyItem, bind_table
+from dicomweb_core.index.write_results import StoredObject
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow.service import StowService
@@ -165,19 +166,18 @@ class DeidEnv:
         except StudyItem.DoesNotExist:
             return None
 
-    def research_sop(self, original_sop: str) -> SopItem | None:
+    def research_sop(self, original_sop: str) -> StoredObject | None:
+        """What the research index names for the copy of ``original_sop``."""
         bind_table(self.research.table_name)
-        try:
-            return SopItem.get(*SopItem.key(self.deidentifier.uid(original_sop)), consistent_read=True)
-        except SopItem.DoesNotExist:
-            return None
+        existing = IndexWriter().find(self.deidentifier.uid(original_sop))
+        return existing.stored if existing is not None else None
 
     def research_copy(self, original_sop: str) -> Dataset:
         item = self.research_sop(original_sop)
         assert item is not None, "the copy is not indexed in the research table"
-        body = self.s3.get_object(
-            Bucket=self.research.bucket_name, Key=item.s3_key, VersionId=item.s3_version_id
-        )["Body"].read()
+        body = self.s3.get_object(Bucket=self.research.bucket_name, Key=item.key, VersionId=item.version_id)[
+            "Body"
+        ].read()
         return pydicom.dcmread(io.BytesIO(body))
 
     def research_objects(self, prefix: str = "") -> dict[str, list[bytes]]:
@@ -262,9 +262,10 @@ def test_copy_is_stored_with_new_uids_and_no_phi(env: DeidEnv) -> None:
     )
     # And the primary copy is untouched
     bind_table(env.primary.table_name)
-    primary = SopItem.get(*SopItem.key(ds.SOPInstanceUID), consistent_read=True)
+    primary = IndexWriter().find(ds.SOPInstanceUID)
+    assert primary is not None
     original = env.s3.get_object(
-        Bucket=env.primary.bucket_name, Key=primary.s3_key, VersionId=primary.s3_version_id
+        Bucket=env.primary.bucket_name, Key=primary.stored.key, VersionId=primary.stored.version_id
     )["Body"].read()
     assert original == to_part10(ds)
 

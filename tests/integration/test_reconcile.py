@@ -30,6 +30,8 @@ from dicomweb_core.delete.service import DeleteService
 from dicomweb_core.dicom.failures import FailureReason
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.index.models import IndexItem, SopItem
+from dicomweb_core.index.write_results import StoredObject
+from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.observability import metrics
 from dicomweb_core.reconcile.job import Reconciler
 from dicomweb_core.reconcile.objects import instance_object
@@ -81,14 +83,19 @@ class Env:
             return None
 
     def lose_index_write(self, faults: Faults, ds: Dataset, *, like: Dataset | None = None) -> None:
-        """Store ``ds`` with the process dying right before its index transaction: its
-        objects are in S3, nothing is in the index, and nobody was told it was stored.
+        """Store ``ds`` with the process dying right before its index commit: its objects
+        are in S3 and its SOP claim in the index, no instance is indexed, and nobody was
+        told it was stored.
 
         ``like``: an instance whose store makes the same calls (by default one of a new
-        study), stored first to learn which call is the transaction."""
+        study), stored first to learn which call is the commit: the first store of a series
+        commits in a transaction, later ones with their second PutItem (after the claim)."""
         with faults.armed():
             assert self.stow(like or make_dataset()) is not None
-        commit = faults.calls.index("TransactWriteItems")
+        if "TransactWriteItems" in faults.calls:
+            commit = faults.calls.index("TransactWriteItems")
+        else:
+            commit = [i for i, call in enumerate(faults.calls) if call == "PutItem"][1]
         with faults.armed("crash_before", at=commit):
             assert self.stow(ds) is None
 
@@ -138,11 +145,10 @@ def env(aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
     config.settings.cache_clear()
 
 
-def sop_item(sop: str) -> SopItem | None:
-    try:
-        return SopItem.get(*SopItem.key(sop), consistent_read=True)
-    except SopItem.DoesNotExist:
-        return None
+def indexed_object(sop: str) -> StoredObject | None:
+    """The object the index names for ``sop`` (its claim, then the instance item there)."""
+    existing = IndexWriter().find(sop)
+    return existing.stored if existing is not None else None
 
 
 def instance_prefix(ds: Dataset) -> str:
@@ -159,16 +165,16 @@ def test_an_instance_whose_index_write_was_lost_is_indexed_found_and_its_stray_h
     ds = make_dataset(PatientID="LOST-1")
     env.lose_index_write(faults, ds)
     (stray,) = [k for k in env.current(instance_prefix(ds)) if k.endswith(".dcm")]
-    assert sop_item(ds.SOPInstanceUID) is None
+    assert indexed_object(ds.SOPInstanceUID) is None
 
     # When the job runs after the grace period
     report = env.reconcile()
 
     # Then it indexed the instance, under a write key of its own
     assert [(f.sop, f.key) for f in report.indexed] == [(ds.SOPInstanceUID, stray)]
-    item = sop_item(ds.SOPInstanceUID)
-    assert item is not None and item.s3_key != stray
-    assert report.indexed[0].detail == f"indexed at {item.s3_key}"
+    item = indexed_object(ds.SOPInstanceUID)
+    assert item is not None and item.key != stray
+    assert report.indexed[0].detail == f"indexed at {item.key}"
     # And QIDO-RS finds it, WADO-RS retrieves it and its metadata
     status, body = env.get(env.qido, f"/studies/{ds.StudyInstanceUID}/instances", "QidoFunction")
     assert status == 200 and [m["00080018"]["Value"] for m in json.loads(body)] == [[ds.SOPInstanceUID]]
@@ -214,11 +220,9 @@ def test_a_leftover_of_a_losing_duplicate_is_hidden_and_the_index_unchanged(
             outcome = env.stow(imposter)
     assert outcome is not None
     assert [f.reason for f in outcome.failures] == [FailureReason.DUPLICATE_SOP_INSTANCE]
-    indexed = sop_item(kept.SOPInstanceUID)
+    indexed = indexed_object(kept.SOPInstanceUID)
     assert indexed is not None
-    (leftover,) = [
-        k for k in env.current(instance_prefix(kept)) if k.endswith(".dcm") and k != indexed.s3_key
-    ]
+    (leftover,) = [k for k in env.current(instance_prefix(kept)) if k.endswith(".dcm") and k != indexed.key]
     index_before = env.index()
 
     # When the job runs
@@ -226,11 +230,11 @@ def test_a_leftover_of_a_losing_duplicate_is_hidden_and_the_index_unchanged(
 
     # Then the leftover and its metadata document are hidden, and the index is as it was
     assert [(f.sop, f.key, f.detail) for f in report.hidden] == [
-        (kept.SOPInstanceUID, leftover, f"indexed at {indexed.s3_key}")
+        (kept.SOPInstanceUID, leftover, f"indexed at {indexed.key}")
     ]
     assert not report.indexed and not report.missing
     assert env.index() == index_before
-    assert env.current(instance_prefix(kept)) == sorted([indexed.s3_key, metadata_key(indexed.s3_key)])
+    assert env.current(instance_prefix(kept)) == sorted([indexed.key, metadata_key(indexed.key)])
     check(env.s3, env.bucket, acknowledged={kept.SOPInstanceUID: [to_part10(kept)]})
 
 
@@ -247,7 +251,7 @@ def test_objects_younger_than_the_grace_period_are_left_alone(env: Env, faults: 
     assert report.young >= 1 and report.instances_checked == 0
     assert not (report.indexed or report.hidden or report.missing)
     assert env.versions("studies/") == before
-    assert sop_item(ds.SOPInstanceUID) is None
+    assert indexed_object(ds.SOPInstanceUID) is None
 
 
 def test_objects_of_a_study_being_deleted_are_left_to_the_delete(env: Env, faults: Faults) -> None:
@@ -277,7 +281,7 @@ def test_objects_of_a_study_being_deleted_are_left_to_the_delete(env: Env, fault
     assert {stored.SOPInstanceUID, lost.SOPInstanceUID} <= {f.sop for f in report.left_to_delete}
     assert not (report.indexed or report.hidden)
     assert env.versions(f"studies/{stored.StudyInstanceUID}/") == before
-    assert sop_item(lost.SOPInstanceUID) is None
+    assert indexed_object(lost.SOPInstanceUID) is None
 
 
 # ---------------------------------------------------------------- index entries without an object
@@ -290,12 +294,12 @@ def test_an_object_deleted_out_of_band_is_flagged_and_the_index_untouched(
     # Given two stored instances, one of whose objects is then deleted out of band
     intact, damaged = make_dataset(), make_dataset()
     assert env.stow(intact) is not None and env.stow(damaged) is not None
-    item = sop_item(damaged.SOPInstanceUID)
+    item = indexed_object(damaged.SOPInstanceUID)
     assert item is not None
     if deletion == "delete marker":
-        env.s3.delete_object(Bucket=env.bucket, Key=item.s3_key)
+        env.s3.delete_object(Bucket=env.bucket, Key=item.key)
     else:
-        env.s3.delete_object(Bucket=env.bucket, Key=item.s3_key, VersionId=item.s3_version_id)
+        env.s3.delete_object(Bucket=env.bucket, Key=item.key, VersionId=item.version_id)
     index_before = env.index()
 
     # When the job runs
@@ -303,9 +307,9 @@ def test_an_object_deleted_out_of_band_is_flagged_and_the_index_untouched(
 
     # Then the instance is flagged with its UIDs and what became of its object
     assert [(f.study, f.series, f.sop, f.key, f.detail) for f in report.missing] == [
-        (damaged.StudyInstanceUID, damaged.SeriesInstanceUID, damaged.SOPInstanceUID, item.s3_key, state)
+        (damaged.StudyInstanceUID, damaged.SeriesInstanceUID, damaged.SOPInstanceUID, item.key, state)
     ]
-    assert report.sop_items_scanned == 2
+    assert report.entries_scanned == 2
     # And the index is left exactly as it was, and nothing was stored again or hidden
     assert env.index() == index_before
     assert not (report.indexed or report.hidden)
@@ -314,14 +318,48 @@ def test_an_object_deleted_out_of_band_is_flagged_and_the_index_untouched(
 # ---------------------------------------------------------------- runs
 
 
+def test_a_claim_that_never_got_its_instance_is_released_and_reported(env: Env, faults: Faults) -> None:
+    # Given a write into an existing series whose commit was refused after its SOP claim
+    # (its objects were discarded; the claim stayed, naming its series)
+    first = make_dataset()
+    assert env.stow(first) is not None
+    with faults.armed():
+        env.stow(make_dataset(study=first.StudyInstanceUID, series=first.SeriesInstanceUID))
+    commit = [i for i, call in enumerate(faults.calls) if call == "PutItem"][1]
+    ds = make_dataset(study=first.StudyInstanceUID, series=first.SeriesInstanceUID)
+    with faults.armed("fail", at=commit):
+        outcome = env.stow(ds)
+    assert outcome is not None and outcome.failures and indexed_object(ds.SOPInstanceUID) is None
+    assert (
+        SopItem.get(*SopItem.key(ds.SOPInstanceUID), consistent_read=True).series_uid == ds.SeriesInstanceUID
+    )
+
+    # When the job runs within the claim's grace, then after it
+    assert env.reconcile(later=False).released == []
+    report = env.reconcile()
+
+    # Then the claim is released and reported, and the stored instance's claim is kept
+    assert [(f.study, f.series, f.sop) for f in report.released] == [
+        (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    ]
+    assert report.counts()["ClaimsReleased"] == 1 and report.changed
+    with pytest.raises(SopItem.DoesNotExist):
+        SopItem.get(*SopItem.key(ds.SOPInstanceUID), consistent_read=True)
+    assert indexed_object(first.SOPInstanceUID) is not None
+    check(env.s3, env.bucket, acknowledged={first.SOPInstanceUID: [to_part10(first)]})
+    # And the UID can be stored anywhere again
+    elsewhere = make_dataset(study=first.StudyInstanceUID, sop=ds.SOPInstanceUID)
+    assert env.stow(elsewhere) is not None and indexed_object(ds.SOPInstanceUID) is not None
+
+
 def test_a_second_run_changes_nothing(env: Env, faults: Faults) -> None:
     # Given a store the job has reconciled: a lost index write, a missing object
     lost, damaged = make_dataset(), make_dataset()
     env.lose_index_write(faults, lost)
     assert env.stow(damaged) is not None
-    item = sop_item(damaged.SOPInstanceUID)
+    item = indexed_object(damaged.SOPInstanceUID)
     assert item is not None
-    env.s3.delete_object(Bucket=env.bucket, Key=item.s3_key)
+    env.s3.delete_object(Bucket=env.bucket, Key=item.key)
     first = env.reconcile()
     assert len(first.indexed) == 1 and len(first.missing) == 1
     objects, index = env.versions("studies/"), env.index()
@@ -357,7 +395,7 @@ def test_runs_resume_where_the_last_one_stopped(env: Env, faults: Faults) -> Non
     assert sum(r.objects_scanned for r in reports) >= 12  # the lost and the stored, two objects each
     indexed = [f.sop for r in reports for f in r.indexed]
     assert sorted(indexed) == sorted(ds.SOPInstanceUID for ds in lost)
-    assert sum(r.sop_items_scanned for r in reports) >= 3
+    assert sum(r.entries_scanned for r in reports) >= 3
     check(env.s3, env.bucket, acknowledged={ds.SOPInstanceUID: [to_part10(ds)] for ds in lost + stored})
     # And the cursor says where the next run starts: over again
     state = json.loads(
@@ -373,9 +411,9 @@ def test_the_report_metrics_and_audit_records_say_what_was_done(
     lost, damaged = make_dataset(PatientID="PID-LOST"), make_dataset()
     env.lose_index_write(faults, lost)
     assert env.stow(damaged) is not None
-    item = sop_item(damaged.SOPInstanceUID)
+    item = indexed_object(damaged.SOPInstanceUID)
     assert item is not None
-    env.s3.delete_object(Bucket=env.bucket, Key=item.s3_key)
+    env.s3.delete_object(Bucket=env.bucket, Key=item.key)
     leftover = f"{instance_prefix(damaged)}0000000000000000deadbeef.dcm"
     env.s3.put_object(Bucket=env.bucket, Key=leftover, Body=to_part10(damaged))
     function = load_handler("ReconcileFunction")
@@ -393,7 +431,7 @@ def test_the_report_metrics_and_audit_records_say_what_was_done(
     assert (answer["InstancesIndexed"], answer["LeftoversHidden"], answer["MissingObjects"]) == (1, 1, 1)
     assert [i["sop"] for i in document["objects"]["indexed"]["instances"]] == [lost.SOPInstanceUID]
     assert [i["key"] for i in document["objects"]["hiddenLeftovers"]["instances"]] == [leftover]
-    (missing,) = document["sopItems"]["missingObjects"]["instances"]
+    (missing,) = document["indexEntries"]["missingObjects"]["instances"]
     assert (missing["study"], missing["sop"], missing["detail"]) == (
         damaged.StudyInstanceUID,
         damaged.SOPInstanceUID,

@@ -19,7 +19,8 @@ import pytest
 from dicomweb_core.config import DuplicatePolicy, Settings
 from dicomweb_core.dicom.failures import FailureReason
 from dicomweb_core.index import writer
-from dicomweb_core.index.models import SeriesItem, SopItem, StudyItem
+from dicomweb_core.index.models import SeriesItem, StudyItem
+from dicomweb_core.index.write_results import Prior, StoredObject
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.stow.service import StowService, store_response
 from infra.datasets.generate import make_dataset, make_instance, new_uid, to_part10
@@ -85,10 +86,16 @@ def series_count(study: str, series: str) -> int:
 
 
 def stored_bytes(env: Env, sop: str) -> bytes:
-    item = SopItem.get(*SopItem.key(sop), consistent_read=True)
-    return env.s3.get_object(Bucket=env.settings.bucket_name, Key=item.s3_key, VersionId=item.s3_version_id)[
+    stored = indexed_object(sop)
+    return env.s3.get_object(Bucket=env.settings.bucket_name, Key=stored.key, VersionId=stored.version_id)[
         "Body"
     ].read()
+
+
+def indexed_object(sop: str) -> StoredObject:
+    existing = IndexWriter().find(sop)
+    assert existing is not None, f"{sop} is not indexed"
+    return existing.stored
 
 
 def test_store_writes_s3_index_and_event(env: Env) -> None:
@@ -163,7 +170,7 @@ def test_overwrite_policy_replaces_and_keeps_counts(env: Env) -> None:
     service = env.with_policy(DuplicatePolicy.OVERWRITE)
     original = make_dataset(ImageComments="original")
     service.store_all([memoryview(to_part10(original))], study=None)
-    old_key = SopItem.get(*SopItem.key(original.SOPInstanceUID)).s3_key
+    old_key = indexed_object(original.SOPInstanceUID).key
     # When a corrected object with the same UIDs arrives
     corrected = make_dataset(
         study=original.StudyInstanceUID,
@@ -199,7 +206,7 @@ def test_crash_between_s3_and_index_loses_nothing_and_counts_once(
     # Given the index transaction fails once, after the object reached S3
     ds = make_dataset()
     data = to_part10(ds)
-    real = IndexWriter._transact_add
+    real = IndexWriter._transact_first_of_series
     calls = {"n": 0}
 
     def crash_once(self: IndexWriter, *args: Any, **kwargs: Any) -> None:
@@ -208,7 +215,7 @@ def test_crash_between_s3_and_index_loses_nothing_and_counts_once(
             raise ConnectionError("simulated crash before the index commit")
         real(self, *args, **kwargs)
 
-    monkeypatch.setattr(IndexWriter, "_transact_add", crash_once)
+    monkeypatch.setattr(IndexWriter, "_transact_first_of_series", crash_once)
     # When the client stores, gets a failure, and retries
     first = env.service.store_all([memoryview(data)], study=None)
     assert first.failures[0].reason is FailureReason.PROCESSING_FAILURE
@@ -251,8 +258,8 @@ def test_stale_existence_read_is_retried_not_double_counted(
     real_context = writer._context
     stale = {"left": 1}  # the first read is stale: the study and series are "not there yet"
 
-    def stale_context(instance: Any, items: Any, deletions: int) -> Any:
-        context = real_context(instance, items, deletions)
+    def stale_context(instance: Any, items: Any, deletions: int, **flags: bool) -> Any:
+        context = real_context(instance, items, deletions, **flags)
         if stale["left"] > 0:
             stale["left"] -= 1
             return replace(context, study_exists=False, series_exists=False)
@@ -280,20 +287,21 @@ def test_losing_a_duplicate_race_discards_the_orphan_version(
         sop=original.SOPInstanceUID,
         PatientName="Other^Name",
     )
-    real_find = IndexWriter.find
+    real_prior = IndexWriter.prior
     seen = {"n": 0}
 
-    def find_late(self: IndexWriter, sop_uid: str) -> Any:
+    def prior_late(self: IndexWriter, instance: Any) -> Prior:
         seen["n"] += 1
-        return None if seen["n"] == 1 else real_find(self, sop_uid)
+        prior = real_prior(self, instance)
+        return prior if seen["n"] > 1 else replace(prior, existing=None)
 
-    monkeypatch.setattr(IndexWriter, "find", find_late)
+    monkeypatch.setattr(IndexWriter, "prior", prior_late)
     # When the different object is stored
     outcome = env.service.store_all([memoryview(to_part10(imposter))], study=None)
     # Then it is refused, the original is what reads back, and no orphan version remains
     assert outcome.failures[0].reason is FailureReason.DUPLICATE_SOP_INSTANCE
     assert stored_bytes(env, original.SOPInstanceUID) == to_part10(original)
-    key = SopItem.get(*SopItem.key(original.SOPInstanceUID)).s3_key
+    key = indexed_object(original.SOPInstanceUID).key
     versions = env.s3.list_object_versions(Bucket=env.settings.bucket_name, Prefix=key)["Versions"]
     assert len(versions) == 1
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -31,8 +32,9 @@ from dicomweb_core.dicom.failures import FailureReason
 from dicomweb_core.errors import Gone
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder
+from dicomweb_core.index import writer
 from dicomweb_core.index.models import IndexItem, InstanceItem, SeriesItem, SopItem, study_pk
-from dicomweb_core.index.writer import IndexWriter
+from dicomweb_core.index.writer import CLAIM_GRACE, IndexWriter
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
 from dicomweb_core.qido.search import search
@@ -298,6 +300,55 @@ def _empty(env: Env) -> None:
     for item in SopItem.scan():
         if isinstance(item, SopItem):
             env.delete(item.study_uid)
+
+
+# ---------------------------------------------------------------- SOP claims
+
+
+def test_a_claim_left_by_a_dead_write_holds_the_uid_for_its_grace_then_is_taken_over(
+    env: Env, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a write into a series that died between its SOP claim and its commit
+    first = _stored_study(env)
+    shape = env.calls(faults, lambda: env.stow(sibling(first)))
+    claim = shape.index("PutItem")
+    ds = sibling(first)
+    with faults.armed("crash_before", at=claim + 1):
+        assert env.stow(ds) is None
+    # When another instance with that SOP Instance UID is sent into another series at once
+    elsewhere = make_dataset(study=first.StudyInstanceUID, sop=ds.SOPInstanceUID, PatientName="Other")
+    outcome = env.stow(elsewhere)
+    # Then it is refused as being stored there, and nothing of it is kept
+    assert outcome is not None and [f.reason for f in outcome.failures] == [
+        FailureReason.DUPLICATE_SOP_INSTANCE
+    ]
+    assert "being stored in another study or series" in outcome.failures[0].message
+    assert IndexWriter().find(ds.SOPInstanceUID) is None
+    # When it is sent again once the claim is older than any write can run
+    later = datetime.now(UTC) + CLAIM_GRACE + timedelta(minutes=1)
+    monkeypatch.setattr(writer, "_now", lambda: later)
+    # Then it takes the claim over and is stored, once, in its own series
+    assert stored(env.stow(elsewhere))
+    found = IndexWriter().find(ds.SOPInstanceUID)
+    assert found is not None and found.series_uid == elsewhere.SeriesInstanceUID
+    acknowledged = {first.SOPInstanceUID: [to_part10(first)], ds.SOPInstanceUID: [to_part10(elsewhere)]}
+    check(env.s3, env.bucket, acknowledged=acknowledged, leaks=True)
+    # And the dead write's retry into its own series is now a duplicate, refused
+    retried = env.stow(ds)
+    assert retried is not None and [f.reason for f in retried.failures] == [
+        FailureReason.DUPLICATE_SOP_INSTANCE
+    ]
+    check(env.s3, env.bucket, acknowledged=acknowledged, leaks=True)
+
+
+def test_a_store_into_an_existing_series_writes_no_transaction(env: Env, faults: Faults) -> None:
+    # Given a stored series
+    first = _stored_study(env)
+    # When another instance of it is stored
+    shape = env.calls(faults, lambda: env.stow(sibling(first)))
+    # Then it reads once, puts its objects, claims its UID and commits with two PutItems
+    # (no transaction, which DynamoDB bills twice), and reads the DELETE fence once
+    assert shape == ["BatchGetItem", "PutObject", "PutObject", "PutItem", "PutItem", "GetItem"]
 
 
 # ---------------------------------------------------------------- duplicates and overwrites

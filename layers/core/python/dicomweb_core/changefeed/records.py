@@ -1,7 +1,7 @@
 """DynamoDB stream records, as Lambda delivers them, and the instance writes they commit.
 
 Only the instance item announces a stored instance. It is written once per instance write,
-in the transaction that commits the write, and it carries the fields of the
+by the PutItem (or transaction) that commits the write, and it carries the fields of the
 ``InstanceStored`` detail: the three UIDs (the SOP item has the SOP Instance UID only in its
 key) and the SOP Class, and where the bytes are (key, version, size). The Modality, a series
 attribute, is the instance item's own when it carries one, else its series item's

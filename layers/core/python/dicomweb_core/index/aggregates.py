@@ -1,6 +1,6 @@
 """Study and series aggregates, kept off the write path (docs/index-design.md).
 
-A stored instance writes only its own two items (the SOP item and the instance item). What a
+A stored instance writes only its own two items (the SOP claim and the instance item). What a
 study or series result carries about its children is counted here, from the index table's
 stream (``AggregatesFunction``), a moment after the commit:
 

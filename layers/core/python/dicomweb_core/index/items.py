@@ -1,9 +1,10 @@
 """The items one stored instance writes (docs/index-design.md).
 
-Built here, written by :mod:`dicomweb_core.index.writer` in one transaction: the SOP item
-(uniqueness and where the bytes are), the instance item, and for the first instance of a
-series or study its series and study item, with the secondary-index key attributes from
-``index.keys``. Their aggregates are then kept by :mod:`dicomweb_core.index.aggregates`.
+Built here, written by :mod:`dicomweb_core.index.writer`: the SOP claim (the UID's
+uniqueness), the instance item (the commit: where the bytes are), and for the first
+instance of a series or study its series and study item (in one transaction with the
+instance item), with the secondary-index key attributes from ``index.keys``. Their
+aggregates are then kept by :mod:`dicomweb_core.index.aggregates`.
 """
 
 from __future__ import annotations
@@ -60,16 +61,12 @@ def series_item(instance: ReceivedInstance, now: datetime, *, study_sort: str) -
     return _with_index_attributes(item, attributes)
 
 
-def sop_item(instance: ReceivedInstance, stored: StoredObject, now: datetime) -> SopItem:
+def sop_claim(instance: ReceivedInstance, now: datetime) -> SopItem:
+    """The claim of the instance's SOP Instance UID for its study and series."""
     return SopItem(
         *SopItem.key(instance.sop_instance_uid),
         study_uid=instance.study_instance_uid,
         series_uid=instance.series_instance_uid,
-        sop_class_uid=instance.sop_class_uid,
-        s3_key=stored.key,
-        s3_version_id=stored.version_id,
-        sha256=stored.sha256,
-        size=stored.size,
         updated_at=now,
     )
 

@@ -12,9 +12,10 @@ One table holds every item; keys are built only from validated UIDs:
 | registry | ``REGISTRY``            | ``<name>``                   |
 
 A study's items share one partition, so the series and instances of a study are one
-strongly consistent Query. The SOP item makes a SOP Instance UID unique across the
-whole store. Aggregates (counts, ModalitiesInStudy) live on the study and series items
-and are recounted from the table's stream (``index.aggregates``).
+strongly consistent Query. The SOP item (a claim of the UID for one study and series)
+makes a SOP Instance UID unique across the whole store. Aggregates (counts,
+ModalitiesInStudy) live on the study and series items and are recounted from the
+table's stream (``index.aggregates``).
 
 Eight global secondary indexes, overloaded across item kinds, serve QIDO-RS; each index
 key attribute is set only on the items that belong in that index (sparse indexes), and
@@ -192,15 +193,13 @@ class InstanceItem(IndexItem, discriminator="instance"):
 
 
 class SopItem(IndexItem, discriminator="sop"):
-    """Uniqueness guard and lookup of one SOP Instance UID."""
+    """The claim of one SOP Instance UID for one study and series: what keeps the UID unique
+    across the store. Written once, before the instance's objects, and never changed by an
+    overwrite; the instance item at the claimed place says what is stored
+    (docs/index-design.md, Writing an instance). ``updated_at`` is when it was claimed."""
 
     study_uid = UnicodeAttribute()
     series_uid = UnicodeAttribute()
-    sop_class_uid = UnicodeAttribute()
-    s3_key = UnicodeAttribute()
-    s3_version_id = UnicodeAttribute(null=True)
-    sha256 = UnicodeAttribute()
-    size = NumberAttribute()
 
     @staticmethod
     def key(sop: str) -> tuple[str, str]:

@@ -26,6 +26,7 @@ class WriteContext:
     series_exists: bool
     study_sort: str
     deletions: int  # the study's DELETE count, read before the objects were put
+    claimed: bool = False  # the SOP Instance UID is claimed for this instance's study and series
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,17 @@ class ConcurrentlyReplaced(WriteRefused):
         super().__init__(
             "another request replaced this instance at the same time; that one was kept, nothing "
             "of this one was. Send it again if it should replace that one."
+        )
+
+
+class ClaimedElsewhere(WriteRefused):
+    failure_reason = FailureReason.DUPLICATE_SOP_INSTANCE
+
+    def __init__(self, minutes: int) -> None:
+        super().__init__(
+            "an instance with this SOP Instance UID is being stored in another study or series at "
+            "this moment; nothing of this one was kept. If that store failed, send this one again "
+            f"after {minutes} minutes."
         )
 
 

@@ -1,24 +1,30 @@
 """Adding instances to the index: each write touches only the items it owns.
 
-A stored instance is one DynamoDB transaction of two items, the SOP item and the instance
-item, both ``attribute_not_exists``: no item that another instance's write also touches, so
-writers into one study never conflict. Only the first instance of a series (or study) puts
-the series (and study) item in the same transaction, conditional on its absence: a
-concurrent first store of the same series loses that condition, reads again and retries.
-The study's and series' counts, ModalitiesInStudy and content versions are recounted off the
-write path from the table's stream (:mod:`dicomweb_core.index.aggregates`). A SOP item that
-already exists cancels the transaction, so a replayed or retried store never writes twice.
+A stored instance is two items (docs/index-design.md, Writing an instance):
 
-Each transaction carries a client request token, so botocore's retries of one call (after
-a timeout or a reset, when the commit may have happened) are idempotent; a retry that finds
-the SOP item pointing at the caller's own object knows its earlier attempt committed.
+- the **SOP claim** (:class:`SopItem`), which reserves the SOP Instance UID for one study
+  and series. It is put once, conditional on being absent or naming the same place, so a
+  UID is never indexed in two places; retries and overwrites go through it unchanged;
+- the **instance item**, which names the stored object (key, version, checksum). Its
+  conditional PutItem (``attribute_not_exists``) is the commit: the write is stored when,
+  and only when, that item exists. A replayed or retried store finds it and writes nothing
+  twice; a retry after a lost answer finds its own object there.
+
+Neither is shared with another instance's write, so writers into one study never conflict,
+and neither is written in a transaction, which DynamoDB bills twice. Only the first instance
+of a series (or study) commits in a transaction: its instance item with the series (and
+study) item, conditional on their absence. The study's and series' counts, ModalitiesInStudy
+and content versions are recounted off the write path from the table's stream
+(:mod:`dicomweb_core.index.aggregates`). A claim left by a write that failed before its
+commit names the same place, so the write's retry goes through it; a claim elsewhere with no
+instance behind it is taken over once it is :data:`CLAIM_GRACE` old.
 
 Writes race a study DELETE safely (docs/write-safety.md). Before it puts anything in S3, a
 write reads how many DELETEs of its study have begun (the tombstone's count; a DELETE under
 way refuses it at once). A first store into the study requires, in its transaction, the
 tombstone to still hold that count; so does a first store into a series (once per series).
 Every other write reads the tombstone again *after* its commit: if a DELETE began in
-between, the write takes its own two items back (while they still name its object) and is
+between, the write takes its items back (while they still name its object and place) and is
 refused. A DELETE that begins after that read reads the study's partition after its own
 mark, so it sees the instance and deletes it with the study.
 """
@@ -29,12 +35,12 @@ import hashlib
 import json
 import random
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.connection import Connection
-from pynamodb.exceptions import DeleteError, TransactWriteError
+from pynamodb.exceptions import DeleteError, PutError, TransactWriteError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
@@ -48,7 +54,7 @@ from dicomweb_core.index.items import (
     frame_index_json,
     instance_item,
     series_item,
-    sop_item,
+    sop_claim,
     study_item,
 )
 from dicomweb_core.index.models import (
@@ -64,6 +70,7 @@ from dicomweb_core.index.models import (
 from dicomweb_core.index.write_results import (
     AlreadyIndexed,
     AttributesChanged,
+    ClaimedElsewhere,
     ConcurrentlyReplaced,
     ExistingInstance,
     IndexContention,
@@ -74,6 +81,9 @@ from dicomweb_core.index.write_results import (
 )
 
 MAX_ATTEMPTS = 8
+# A claim with no instance item behind it this long after it was made belongs to a write that
+# failed before its commit: longer than any function that writes may run (15 minutes).
+CLAIM_GRACE = timedelta(minutes=20)
 
 
 def _now() -> datetime:
@@ -91,28 +101,54 @@ class IndexWriter:
         return Connection(region=IndexItem.Meta.region)
 
     def find(self, sop_uid: str) -> ExistingInstance | None:
-        """The stored instance with this SOP Instance UID, read with strong consistency."""
+        """The stored instance with this SOP Instance UID, read with strong consistency
+        (its claim, then the instance item at the claimed place)."""
+        claim = self._claim_of(sop_uid)
+        if claim is None:
+            return None
+        return self._instance_at(claim.study_uid, claim.series_uid, sop_uid)
+
+    @staticmethod
+    def _claim_of(sop_uid: str) -> SopItem | None:
         try:
-            return _existing(SopItem.get(*SopItem.key(sop_uid), consistent_read=True))
+            return SopItem.get(*SopItem.key(sop_uid), consistent_read=True)
         except SopItem.DoesNotExist:
             return None
 
+    @staticmethod
+    def _instance_at(study: str, series: str, sop: str) -> ExistingInstance | None:
+        try:
+            item = InstanceItem.get(
+                *InstanceItem.key(study, series, sop), consistent_read=True, attributes_to_get=_EXISTING
+            )
+        except InstanceItem.DoesNotExist:
+            return None
+        return _existing(item)
+
     def prior(self, instance: ReceivedInstance) -> Prior:
-        """Before a write, in one strongly consistent BatchGetItem: the stored instance with
-        this SOP Instance UID, the study's DELETE count, and whether the study and series
-        exist (the context of the write's first attempt).
+        """Before a write, in one strongly consistent BatchGetItem: the SOP claim and the
+        instance item at this instance's place, the study's DELETE count, and whether the
+        study and series exist (the context of the write's first attempt). A claim of
+        another place is followed to the instance item there (one more read, rare).
 
         Raises :class:`StudyDeleted` while a DELETE of the study is under way."""
-        sop_key = SopItem.key(instance.sop_instance_uid)
-        items = self._read([sop_key, *_context_keys(instance)])
-        sop, tombstone = items.get(sop_key), items.get(DeletedStudyItem.key(instance.study_instance_uid))
+        sop = instance.sop_instance_uid
+        claim_key = SopItem.key(sop)
+        here_key = _instance_key(instance)
+        items = self._read([claim_key, here_key, *_context_keys(instance)])
+        claim, here = items.get(claim_key), items.get(here_key)
+        tombstone = items.get(DeletedStudyItem.key(instance.study_instance_uid))
         if isinstance(tombstone, DeletedStudyItem) and tombstone.deleting is not None:
             raise StudyDeleted()
         deletions = _count(tombstone.deletions) if isinstance(tombstone, DeletedStudyItem) else 0
+        claimed = isinstance(claim, SopItem) and _names_place_of(claim, instance)
+        existing = _existing(here) if isinstance(here, InstanceItem) else None
+        if existing is None and isinstance(claim, SopItem) and not claimed:
+            existing = self._instance_at(claim.study_uid, claim.series_uid, sop)
         return Prior(
-            existing=_existing(sop) if isinstance(sop, SopItem) else None,
+            existing=existing,
             deletions=deletions,
-            context=_context(instance, items, deletions),
+            context=_context(instance, items, deletions, claimed=claimed),
         )
 
     @staticmethod
@@ -127,40 +163,56 @@ class IndexWriter:
         deletions: int,
         context: WriteContext | None = None,
     ) -> None:
-        """Index a new instance and move the aggregates, exactly once.
+        """Index a new instance, exactly once: claim its SOP Instance UID, then commit its
+        instance item.
 
         ``deletions`` is :meth:`prior`'s count, read before ``stored`` was put in S3, and
         ``context`` its context (read again when not given, and before every retry).
         Returns normally when the index points at ``stored``, also when an earlier attempt
         whose response was lost committed it. Raises :class:`AlreadyIndexed` when the SOP
-        Instance UID is indexed with another object, :class:`StudyDeleted` when a DELETE of
-        the study began since ``deletions`` was read.
+        Instance UID is indexed with another object, :class:`ClaimedElsewhere` while it is
+        being stored in another study or series, :class:`StudyDeleted` when a DELETE of the
+        study began since ``deletions`` was read.
         """
         context = context or self._context(instance, deletions)
+        if not context.claimed:
+            self._claim(instance)
         generation = 0  # one request token per transaction content
         for attempt in range(MAX_ATTEMPTS):
             # Postings and registry entries go first: they only ever widen a search,
-            # which then reads the items this transaction commits (or finds none).
+            # which then reads the items this write commits (or finds none).
             self._write_search_terms(instance, context)
             try:
-                self._transact_add(instance, stored, context, token=_token(stored, generation))
-            except TransactWriteError as exc:
-                if not exc.cancellation_reasons:
+                if context.series_exists:
+                    self._put_instance(instance, stored, context)
+                else:
+                    token = _token(stored, generation)
+                    self._transact_first_of_series(instance, stored, context, token=token)
+            except (PutError, TransactWriteError) as exc:
+                if isinstance(exc, TransactWriteError) and not exc.cancellation_reasons:
                     # No answer (timeout, reset, throttling after botocore's retries): the
                     # commit may or may not have happened. The same transaction with the
-                    # same token again is idempotent; the SOP item's check below tells.
+                    # same token again is idempotent; the instance item's check below tells.
                     _backoff(attempt)
                     continue
-                if _condition_failed(exc, index=_sop_position(context)):
-                    existing = self.find(instance.sop_instance_uid)
+                if _instance_condition_failed(exc, context):
+                    existing = self._instance_at(
+                        instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
+                    )
                     if existing is not None:
                         if existing.stored.key == stored.key:
                             return  # our own earlier attempt committed
                         raise AlreadyIndexed(existing) from None
+                elif isinstance(exc, PutError):
+                    raise
                 # The study or series appeared, or was being deleted, (or a concurrent
                 # transaction touched the same items): read again and retry with backoff.
                 _backoff(attempt)
-                context = self._context(instance, deletions)
+                try:
+                    context = self._context(instance, deletions)
+                except StudyDeleted:
+                    self._release_claim(instance)
+                    raise
                 generation += 1
                 continue
             if context.series_exists:
@@ -170,10 +222,61 @@ class IndexWriter:
             f"could not index {instance.sop_instance_uid} after {MAX_ATTEMPTS} attempts under contention"
         )
 
+    def _claim(self, instance: ReceivedInstance) -> None:
+        """Claim the SOP Instance UID for the instance's study and series: one conditional
+        PutItem, which succeeds when no claim exists or the claim names the same place.
+
+        A claim of another place with an instance behind it raises :class:`AlreadyIndexed`;
+        without one it is a write in flight there (:class:`ClaimedElsewhere`) until it is
+        :data:`CLAIM_GRACE` old, when it is taken over: that write failed before its commit
+        (no Lambda runs that long)."""
+        claim = sop_claim(instance, _now())
+        same_place = (SopItem.study_uid == instance.study_instance_uid) & (
+            SopItem.series_uid == instance.series_instance_uid
+        )
+        condition: Condition = SopItem.pk.does_not_exist() | same_place
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                claim.save(condition=condition)
+                return
+            except PutError as exc:
+                if not _conditional_check_failed(exc):
+                    raise
+            current = self._claim_of(instance.sop_instance_uid)
+            if current is None:
+                condition = SopItem.pk.does_not_exist() | same_place  # released meanwhile
+                _backoff(attempt)
+                continue
+            existing = self._instance_at(current.study_uid, current.series_uid, instance.sop_instance_uid)
+            if existing is not None:
+                raise AlreadyIndexed(existing)
+            if current.updated_at is None or _now() - current.updated_at < CLAIM_GRACE:
+                raise ClaimedElsewhere(int(CLAIM_GRACE.total_seconds() // 60))
+            condition = _unchanged(current)
+        raise IndexContention(f"could not claim {instance.sop_instance_uid} after {MAX_ATTEMPTS} attempts")
+
+    def release_unused_claim(self, claim: SopItem) -> bool:
+        """Remove ``claim`` if no instance item is at the place it names and it is unchanged
+        since it was read (reconciliation, for claims older than :data:`CLAIM_GRACE`)."""
+        sop = claim.pk.removeprefix("SOP#")
+        if self._instance_at(claim.study_uid, claim.series_uid, sop) is not None:
+            return False
+        return _delete_unless_changed(SopItem(*SopItem.key(sop)), _unchanged(claim))
+
+    @staticmethod
+    def _release_claim(instance: ReceivedInstance) -> None:
+        """Remove the claim a refused write made, if it still names the write's place."""
+        _delete_unless_changed(
+            SopItem(*SopItem.key(instance.sop_instance_uid)),
+            (SopItem.study_uid == instance.study_instance_uid)
+            & (SopItem.series_uid == instance.series_instance_uid),
+        )
+
     def _fence_after_commit(self, instance: ReceivedInstance, stored: StoredObject, deletions: int) -> None:
         """After committing into an existing series: has a DELETE of it begun since ``deletions``
-        was read? Then take this write's items back (only while they still name its object)
-        and raise :class:`StudyDeleted`. One strongly consistent GetItem of the tombstone."""
+        was read? Then take this write's items back (only while they still name its object
+        and place) and raise :class:`StudyDeleted`. One strongly consistent GetItem of the
+        tombstone."""
         try:
             tombstone = DeletedStudyItem.get(
                 *DeletedStudyItem.key(instance.study_instance_uid),
@@ -186,22 +289,17 @@ class IndexWriter:
             tombstone = None
         if tombstone is not None and tombstone.deleting is None and _count(tombstone.deletions) == deletions:
             return
-        # Each item only while it names this write's object; the DELETE may have taken it already.
-        study, series, sop = (
-            instance.study_instance_uid,
-            instance.series_instance_uid,
-            instance.sop_instance_uid,
-        )
-        _delete_unless_changed(SopItem(*SopItem.key(sop)), SopItem.s3_key == stored.key)
-        _delete_unless_changed(
-            InstanceItem(*InstanceItem.key(study, series, sop)), InstanceItem.s3_key == stored.key
-        )
+        # The instance item only while it names this write's object (the DELETE may have
+        # taken it already), then the claim.
+        _delete_unless_changed(InstanceItem(*_instance_key(instance)), InstanceItem.s3_key == stored.key)
+        self._release_claim(instance)
         raise StudyDeleted()
 
     def _context(self, instance: ReceivedInstance, deletions: int) -> WriteContext:
         """Read again, strongly consistent: do the study and the series exist, how many
-        DELETEs of the study have begun (see :func:`_context`)."""
-        return _context(instance, self._read(_context_keys(instance)), deletions)
+        DELETEs of the study have begun (see :func:`_context`). Only ever called once the
+        claim is made."""
+        return _context(instance, self._read(_context_keys(instance)), deletions, claimed=True)
 
     def _write_search_terms(self, instance: ReceivedInstance, context: WriteContext) -> None:
         postings: list[keys.Posting] = []
@@ -242,13 +340,14 @@ class IndexWriter:
     ) -> None:
         """Point an indexed instance at new content (the overwrite duplicate policy).
 
-        Conditional on the SOP item still holding ``existing``'s object, so of two
+        Conditional on the instance item still holding ``existing``'s object, so of two
         concurrent replacements exactly one wins (:class:`ConcurrentlyReplaced` for the
         other); on the instance's patient, study and series attributes being unchanged
         (:class:`AttributesChanged`: an overwrite cannot leave the study's search entries
         stale); and on no DELETE of the study under way or begun since ``deletions`` was
-        read (:class:`StudyDeleted`). Aggregates do not change. Like :meth:`add`, returns
-        normally when an earlier attempt whose answer was lost committed it.
+        read (:class:`StudyDeleted`). The claim and the aggregates do not change. Like
+        :meth:`add`, returns normally when an earlier attempt whose answer was lost
+        committed it.
         """
         now = _now()  # one transaction content for every attempt: one request token
         for attempt in range(MAX_ATTEMPTS):
@@ -259,13 +358,17 @@ class IndexWriter:
                 if not exc.cancellation_reasons:  # no answer: the same request again
                     _backoff(attempt)
                     continue
-                current = self.find(instance.sop_instance_uid)
+                current = self._instance_at(
+                    instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
+                )
                 if current is not None and current.stored.key == stored.key:
                     return  # our own earlier attempt committed
-                # pynamodb's order: the condition checks (series, study), then the updates.
+                if current is None:
+                    raise StudyDeleted() from None  # only a DELETE removes an instance item
+                # pynamodb's order: the condition checks (series, study), then the update.
                 if _condition_failed(exc, index=2):
                     raise ConcurrentlyReplaced() from None
-                if any(_condition_failed(exc, index=i) for i in (0, 1, 3)):
+                if any(_condition_failed(exc, index=i) for i in (0, 1)):
                     # The study or series is gone or being deleted, or its attributes differ.
                     if self._study_still_open(instance.study_instance_uid, deletions):
                         raise AttributesChanged() from None
@@ -291,35 +394,21 @@ class IndexWriter:
         now: datetime,
     ) -> None:
         study_uid = instance.study_instance_uid
-        instance_item = InstanceItem(
-            *InstanceItem.key(study_uid, instance.series_instance_uid, instance.sop_instance_uid)
-        )
         with TransactWrite(connection=self._connection, client_request_token=_token(stored, 0)) as tx:
             tx.update(
-                SopItem(*SopItem.key(instance.sop_instance_uid)),
-                actions=[
-                    SopItem.s3_key.set(stored.key),
-                    _set_or_remove(SopItem.s3_version_id, stored.version_id),
-                    SopItem.sha256.set(stored.sha256),
-                    SopItem.size.set(stored.size),
-                    SopItem.sop_class_uid.set(instance.sop_class_uid),
-                    SopItem.updated_at.set(now),
-                ],
-                condition=SopItem.s3_key == existing.stored.key,
-            )
-            tx.update(
-                instance_item,
+                InstanceItem(*_instance_key(instance)),
                 actions=[
                     InstanceItem.s3_key.set(stored.key),
                     _set_or_remove(InstanceItem.s3_version_id, stored.version_id),
                     InstanceItem.sha256.set(stored.sha256),
                     InstanceItem.size.set(stored.size),
+                    InstanceItem.sop_class_uid.set(instance.sop_class_uid),
                     InstanceItem.transfer_syntax_uid.set(instance.transfer_syntax_uid),
                     InstanceItem.dicom_json.set(json.dumps(instance.instance_json)),
                     _set_or_remove(InstanceItem.frame_index, frame_index_json(instance)),
                     InstanceItem.updated_at.set(now),
                 ],
-                condition=InstanceItem.pk.exists(),
+                condition=InstanceItem.s3_key == existing.stored.key,
             )
             # The series' and study's attributes are their items' (QIDO reads them there): an
             # overwrite must carry the same ones. Its content version moves with the instance
@@ -342,34 +431,35 @@ class IndexWriter:
                 & (StudyItem.dicom_json == json.dumps(instance.study_json)),
             )
 
-    def _transact_add(
+    def _put_instance(self, instance: ReceivedInstance, stored: StoredObject, context: WriteContext) -> None:
+        """The commit of a write into an existing series: one conditional PutItem."""
+        series_sort = f"{context.study_sort}#{instance.series_instance_uid}"
+        instance_item(instance, stored, _now(), series_sort=series_sort).save(
+            condition=InstanceItem.pk.does_not_exist()
+        )
+
+    def _transact_first_of_series(
         self, instance: ReceivedInstance, stored: StoredObject, context: WriteContext, *, token: str
     ) -> None:
+        """The commit of a first store into a series: its instance item with the series (and
+        study) item, while no DELETE of the study has begun since the read."""
         now = _now()
-        study, series = instance.study_instance_uid, instance.series_instance_uid
-        series_sort = f"{context.study_sort}#{series}"
+        series_sort = f"{context.study_sort}#{instance.series_instance_uid}"
         with TransactWrite(connection=self._connection, client_request_token=token) as tx:
-            # The SOP item must stay the first put (see _sop_position): its cancellation
-            # reason means "duplicate".
-            tx.save(sop_item(instance, stored, now), condition=SopItem.pk.does_not_exist())
+            # pynamodb puts condition checks first: the instance item is the first put (see
+            # _instance_condition_failed), and its cancellation reason means "duplicate".
+            pk, sk = DeletedStudyItem.key(instance.study_instance_uid)
+            tx.condition_check(
+                DeletedStudyItem, pk, sk, condition=_counted(DeletedStudyItem.deletions, context.deletions)
+            )
             tx.save(
                 instance_item(instance, stored, now, series_sort=series_sort),
                 condition=InstanceItem.pk.does_not_exist(),
             )
-            if not context.series_exists:
-                tx.save(
-                    series_item(instance, now, study_sort=context.study_sort),
-                    condition=SeriesItem.pk.does_not_exist(),
-                )
-                # A first store into a series (or study): no DELETE of the study may have
-                # begun since the read. Once per series, so writers rarely meet here.
-                pk, sk = DeletedStudyItem.key(study)
-                tx.condition_check(
-                    DeletedStudyItem,
-                    pk,
-                    sk,
-                    condition=_counted(DeletedStudyItem.deletions, context.deletions),
-                )
+            tx.save(
+                series_item(instance, now, study_sort=context.study_sort),
+                condition=SeriesItem.pk.does_not_exist(),
+            )
             if not context.study_exists:
                 tx.save(study_item(instance, context, now), condition=StudyItem.pk.does_not_exist())
 
@@ -380,10 +470,20 @@ def _context_keys(instance: ReceivedInstance) -> list[tuple[str, str]]:
     return [StudyItem.key(study), SeriesItem.key(study, series), DeletedStudyItem.key(study)]
 
 
+def _instance_key(instance: ReceivedInstance) -> tuple[str, str]:
+    return InstanceItem.key(
+        instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
+    )
+
+
+def _names_place_of(claim: SopItem, instance: ReceivedInstance) -> bool:
+    return (claim.study_uid, claim.series_uid) == (instance.study_instance_uid, instance.series_instance_uid)
+
+
 def _context(
-    instance: ReceivedInstance, items: dict[tuple[str, str], IndexItem], deletions: int
+    instance: ReceivedInstance, items: dict[tuple[str, str], IndexItem], deletions: int, *, claimed: bool
 ) -> WriteContext:
-    """What a write's transaction depends on, from the items :func:`_context_keys` names.
+    """What a write's commit depends on, from the items :func:`_context_keys` names.
 
     Raises :class:`StudyDeleted` when the study is being deleted, or a DELETE of it began
     since ``deletions`` was read."""
@@ -399,13 +499,20 @@ def _context(
         series_exists=series_key in items,
         study_sort=sort_key or keys.study_sort_key(instance.study_json, instance.study_instance_uid),
         deletions=deletions,
+        claimed=claimed,
     )
 
 
-def _sop_position(context: WriteContext) -> int:
-    """Where the SOP item's put is in the transaction: pynamodb puts condition checks first,
-    and a first store into a series carries one (the tombstone's)."""
-    return 0 if context.series_exists else 1
+def _instance_condition_failed(exc: PutError | TransactWriteError, context: WriteContext) -> bool:
+    """Did the instance item's ``attribute_not_exists`` fail: is it indexed already? In a
+    first store's transaction it is the first put, after the tombstone's condition check."""
+    if isinstance(exc, PutError):
+        return _conditional_check_failed(exc)
+    return not context.series_exists and _condition_failed(exc, index=1)
+
+
+def _conditional_check_failed(exc: PutError | DeleteError) -> bool:
+    return getattr(exc, "cause_response_code", "") == "ConditionalCheckFailedException"
 
 
 def _token(stored: StoredObject, generation: int) -> str:
@@ -435,7 +542,12 @@ def _count(value: float | None) -> int:
     return int(value or 0)
 
 
-def _existing(item: SopItem) -> ExistingInstance:
+# What ExistingInstance reads of an instance item (not its metadata or frame index).
+_EXISTING = ["pk", "sk", "kind", "study_uid", "series_uid", "sop_class_uid"]
+_EXISTING += ["s3_key", "s3_version_id", "sha256", "size"]
+
+
+def _existing(item: InstanceItem) -> ExistingInstance:
     return ExistingInstance(
         study_uid=item.study_uid,
         series_uid=item.series_uid,
@@ -444,13 +556,23 @@ def _existing(item: SopItem) -> ExistingInstance:
     )
 
 
-def _delete_unless_changed(item: IndexItem, condition: Condition) -> None:
-    """Delete ``item`` if ``condition`` holds; nothing when it does not (changed or gone)."""
+def _delete_unless_changed(item: IndexItem, condition: Condition) -> bool:
+    """Delete ``item`` if ``condition`` holds; nothing when it does not (changed or gone).
+    Returns whether it was deleted."""
     try:
         item.delete(condition=condition)
     except DeleteError as exc:
-        if getattr(exc, "cause_response_code", "") != "ConditionalCheckFailedException":
+        if not _conditional_check_failed(exc):
             raise
+        return False
+    return True
+
+
+def _unchanged(claim: SopItem) -> Condition:
+    """The claim still names the same place, made at the same moment, as when it was read."""
+    condition: Condition = (SopItem.study_uid == claim.study_uid) & (SopItem.series_uid == claim.series_uid)
+    condition &= SopItem.updated_at == claim.updated_at
+    return condition
 
 
 def _set_or_remove(attribute: UnicodeAttribute, value: str | None) -> Action:

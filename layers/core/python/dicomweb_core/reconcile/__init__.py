@@ -9,11 +9,13 @@ retrieve. The job, run daily by EventBridge Scheduler (template.yaml ``Reconcile
 looks at both directions in bounded steps and resumes where the last run stopped:
 
 - :mod:`.objects`: each instance object under ``studies/``, older than a grace period,
-  against the SOP item: indexed here (nothing to do), not indexed (stored again through
-  STOW-RS's own code, then the stray object hidden), or indexed at another object (a
-  leftover: hidden). Hiding is a delete marker: recoverable, never a deleted version;
-- :mod:`.sop_items`: each SOP item against its object version: a missing one is flagged
-  in the report, never removed from the index;
+  against the index (its SOP claim and instance item): indexed here (nothing to do), not
+  indexed (stored again through STOW-RS's own code, then the stray object hidden), or
+  indexed at another object (a leftover: hidden). Hiding is a delete marker: recoverable,
+  never a deleted version;
+- :mod:`.index_entries`: each instance item against its object version: a missing one is
+  flagged in the report, never removed from the index; a SOP claim that never got its
+  instance is released;
 - :mod:`.report`: what a run did, as a JSON object under ``reports/reconcile/``,
   CloudWatch metrics and PS3.15 audit records;
 - :mod:`.cursor`: where the next run goes on;

@@ -24,9 +24,9 @@ CURSOR_KEY = f"{REPORT_PREFIX}state.json"
 @dataclass(frozen=True, slots=True)
 class Cursor:
     objects_after: str | None = None  # the last object key checked; None: from the start
-    sop_items_after: dict[str, Any] | None = None  # the Scan's ExclusiveStartKey; None: from the start
+    entries_after: dict[str, Any] | None = None  # the Scan's ExclusiveStartKey; None: from the start
     objects_passes: int = 0  # complete passes over the objects so far
-    sop_items_passes: int = 0  # complete passes over the SOP items so far
+    entries_passes: int = 0  # complete passes over the index entries so far
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,9 +51,9 @@ class CursorStore:
             document = json.loads(body)
             return Cursor(
                 objects_after=_text_or_none(document.get("objects_after")),
-                sop_items_after=_key_or_none(document.get("sop_items_after")),
+                entries_after=_key_or_none(document.get("entries_after")),
                 objects_passes=int(document.get("objects_passes", 0)),
-                sop_items_passes=int(document.get("sop_items_passes", 0)),
+                entries_passes=int(document.get("entries_passes", 0)),
             )
         except (ValueError, TypeError, AttributeError):
             logger.warning("the reconciliation cursor is unreadable; starting a new pass")
@@ -80,5 +80,5 @@ def _key_or_none(value: object) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise TypeError("sop_items_after must be a DynamoDB key")
+        raise TypeError("entries_after must be a DynamoDB key")
     return value

@@ -1,7 +1,7 @@
-"""One reconciliation run: the objects, then the SOP items, each from where the last run stopped.
+"""One reconciliation run: the objects, then the index entries, each from where the last run stopped.
 
 A run gets the invocation's time less a margin for writing the cursor and the report; the
-objects get the first half of it (the SOP items the rest, and whatever the objects left),
+objects get the first half of it (the index entries the rest, and whatever the objects left),
 and each direction also stops after its budget of keys or index items
 (:class:`~dicomweb_core.reconcile.settings.ReconcileSettings`). The cursor is saved after
 each direction, so a run that dies loses at most what it did since: the next run checks
@@ -21,10 +21,10 @@ import boto3
 from dicomweb_core.config import Settings
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.reconcile.cursor import Cursor, CursorStore
+from dicomweb_core.reconcile.index_entries import IndexEntriesPass
 from dicomweb_core.reconcile.objects import ObjectsPass
 from dicomweb_core.reconcile.report import Report, report_key
 from dicomweb_core.reconcile.settings import ReconcileSettings
-from dicomweb_core.reconcile.sop_items import SopItemsPass
 from dicomweb_core.storage import S3InstanceStore
 from dicomweb_core.stow.service import StowService
 
@@ -63,7 +63,7 @@ class Reconciler:
                 grace=reconcile.grace,
                 now=now,
             ),
-            sop_items=SopItemsPass(bucket=settings.bucket_name, client=s3, index=index),
+            entries=IndexEntriesPass(bucket=settings.bucket_name, client=s3, index=index, now=now),
             cursors=CursorStore(bucket=settings.bucket_name, client=s3),
             now=now,
         )
@@ -75,7 +75,7 @@ class Reconciler:
         bucket: str,
         client: Any,
         objects: ObjectsPass,
-        sop_items: SopItemsPass,
+        entries: IndexEntriesPass,
         cursors: CursorStore,
         now: Callable[[], datetime] = _now,
     ) -> None:
@@ -83,7 +83,7 @@ class Reconciler:
         self.bucket = bucket
         self.client = client
         self.objects = objects
-        self.sop_items = sop_items
+        self.entries = entries
         self.cursors = cursors
         self.now = now
 
@@ -112,14 +112,14 @@ class Reconciler:
         )
         self.cursors.save(cursor)
 
-        sop_items_after = self.sop_items.run(
-            cursor.sop_items_after, budget=self.settings.max_scanned_items, stop=_until(end), report=report
+        entries_after = self.entries.run(
+            cursor.entries_after, budget=self.settings.max_scanned_items, stop=_until(end), report=report
         )
-        report.sop_items_pass_complete = sop_items_after is None
+        report.entries_pass_complete = entries_after is None
         cursor = replace(
             cursor,
-            sop_items_after=sop_items_after,
-            sop_items_passes=cursor.sop_items_passes + report.sop_items_pass_complete,
+            entries_after=entries_after,
+            entries_passes=cursor.entries_passes + report.entries_pass_complete,
         )
         self.cursors.save(cursor)
         return self._finish(report, cursor)

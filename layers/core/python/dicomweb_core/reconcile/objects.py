@@ -2,17 +2,17 @@
 
 The current objects under ``studies/`` are listed in key order (ListObjectsV2). Each
 instance object (``.../instances/{sop}/{write}.dcm``, or ``.../instances/{sop}.dcm`` from
-before per-write keys) older than the grace period is checked against the SOP item of its
-SOP Instance UID (one strongly consistent GetItem):
+before per-write keys) older than the grace period is checked against the index entry of its
+SOP Instance UID (its claim and instance item, strongly consistent GetItems):
 
-- the SOP item names this object: nothing to do (the common case);
+- the index names this object: nothing to do (the common case);
 - the study is being deleted, or the object was written before its last DELETE began (or
   within the grace period after, by a write that began before): it is left to DELETE, which
   hides what it sweeps. Indexing it would bring back an instance of a deleted study;
-- the SOP item names another object: this one is a leftover (the loser of a duplicate, a
+- the index names another object: this one is a leftover (the loser of a duplicate, a
   write refused or replaced whose clean-up failed). It and its metadata document are
   hidden: a delete marker each, recoverable until ``DeletedVersionRetentionDays`` expire;
-- no SOP item: the index write was lost after the PUTs. The bytes are stored again through
+- no instance indexed: the index write was lost after the PUTs. The bytes are stored again through
   :class:`~dicomweb_core.stow.service.StowService`, with STOW-RS's validation, its fence
   against a racing DELETE, and its ``InstanceStored`` event; that writes them under a write
   key of its own and indexes them. Only then is the stray object hidden.
@@ -146,7 +146,7 @@ class ObjectsPass:
         existing = self.index.find(located.sop)
         if existing is not None and existing.stored.key == located.key:
             return
-        # Read after the SOP item: a DELETE that removed the SOP item has marked it by then.
+        # Read after the index entry: a DELETE that removed it has marked the study by then.
         if self._left_to_delete(located.study, last_modified):
             report.left_to_delete.append(located.finding())
             return

@@ -77,16 +77,17 @@ class Report:
     instances_checked: int = 0  # instance objects old enough to be checked against the index
     young: int = 0  # instance objects within the grace period, left for a later run
     unrecognised: int = 0  # keys that are not an instance object nor its metadata document
-    sop_items_scanned: int = 0  # SOP items whose object was checked
+    entries_scanned: int = 0  # instance items whose object was checked
     items_read: int = 0  # index items the Scan read (every kind)
     errors: int = 0  # objects or items whose check failed; the next pass tries again
     indexed: list[Finding] = field(default_factory=list)
     hidden: list[Finding] = field(default_factory=list)
     missing: list[Finding] = field(default_factory=list)
+    released: list[Finding] = field(default_factory=list)  # SOP claims that never got an instance
     left_to_delete: list[Finding] = field(default_factory=list)
     refused: list[Finding] = field(default_factory=list)
     objects_pass_complete: bool = False  # the listing reached the end: the next run starts over
-    sop_items_pass_complete: bool = False
+    entries_pass_complete: bool = False
     finished: datetime | None = None
     resume: dict[str, Any] = field(default_factory=dict)
     key: str | None = None  # where the report object was written
@@ -94,7 +95,7 @@ class Report:
     @property
     def changed(self) -> bool:
         """Did the run write anything to the index or hide anything?"""
-        return bool(self.indexed or self.hidden)
+        return bool(self.indexed or self.hidden or self.released)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,11 +114,12 @@ class Report:
                 "leftToDelete": self._listing(self.left_to_delete),
                 "refused": self._listing(self.refused),
             },
-            "sopItems": {
-                "scanned": self.sop_items_scanned,
+            "indexEntries": {
+                "scanned": self.entries_scanned,
                 "itemsRead": self.items_read,
-                "passComplete": self.sop_items_pass_complete,
+                "passComplete": self.entries_pass_complete,
                 "missingObjects": self._listing(self.missing),
+                "claimsReleased": self._listing(self.released),
             },
             "errors": self.errors,
             "resume": self.resume,
@@ -143,10 +145,11 @@ class Report:
     def counts(self) -> dict[str, int]:
         return {
             "ObjectsScanned": self.objects_scanned,
-            "SopItemsScanned": self.sop_items_scanned,
+            "IndexEntriesScanned": self.entries_scanned,
             "InstancesIndexed": len(self.indexed),
             "LeftoversHidden": len(self.hidden),
             "MissingObjects": len(self.missing),
+            "ClaimsReleased": len(self.released),
             "LeftToDelete": len(self.left_to_delete),
             "Refused": len(self.refused),
             "Errors": self.errors,
@@ -159,6 +162,7 @@ class Report:
             (self.hidden, "D", audit.Outcome.SUCCESS, _HIDDEN),
             (self.missing, "R", audit.Outcome.SERIOUS_FAILURE, _MISSING),
             (self.refused, "U", audit.Outcome.MINOR_FAILURE, _REFUSED),
+            (self.released, "D", audit.Outcome.SUCCESS, _RELEASED),
         )
         for findings, action, outcome, description in kinds:
             by_study: dict[str, list[Finding]] = {}
@@ -183,6 +187,11 @@ _HIDDEN = (
 )
 _MISSING = "reconciliation found indexed instances whose object is missing; the index was left as it was"
 _REFUSED = "reconciliation could not index objects stored without an index entry; they were left in place"
+
+_RELEASED = (
+    "reconciliation released SOP Instance UID claims of writes that failed before their commit "
+    "(no instance was stored under them)"
+)
 
 
 def report_key(started: datetime) -> str:

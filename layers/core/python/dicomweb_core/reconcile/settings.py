@@ -20,7 +20,7 @@ class ReconcileSettings:
 
     ``grace``: objects written more recently are left alone (a write puts its objects
     before it indexes them). ``max_objects``: keys listed per run; ``max_scanned_items``:
-    index items a run's Scan reads (of every kind: the filter on SOP items applies after
+    index items a run's Scan reads (of every kind: the filter on instance items and claims applies after
     the read). ``listed``: findings of each kind named in the report object, beyond which
     only their count is given."""
 
