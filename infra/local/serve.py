@@ -39,6 +39,7 @@ from infra.local.auth import (
 )
 from infra.local.gateway import CorsPolicy, Gateway, LinkSigningKey, ObjectProxy, make_server
 from infra.local.moto_atomic import serialise_dynamodb
+from infra.local.moto_objects import read_object
 from infra.local.provision import ACCOUNT_ID, provision
 from infra.local.queues import QueuePoller
 from infra.local.scheduler import REQUESTS_DIR, Scheduler, SchedulerOptions
@@ -236,6 +237,7 @@ class LocalStack:
                 ],
                 self.moto_url,
                 key=self.link_key,
+                read=read_object,
             ),
         )
         self.server = make_server(self.gateway, self.options.host, self.options.port)

@@ -31,6 +31,7 @@ from moto.server import ThreadedMotoServer
 
 from dicomweb_core.storage import ObjectReader
 from infra.local.gateway import CorsPolicy, Gateway, LinkSigningKey, ObjectProxy, make_server
+from infra.local.moto_objects import read_object
 from infra.local.serve import LocalStack, Options
 from infra.samtemplate import load_template, object_routes
 
@@ -80,6 +81,7 @@ def edge() -> Iterator[Edge]:
         [(route.pattern, INSTANCES, route.methods) for route in object_routes(load_template())],
         moto_url,
         key=key,
+        read=read_object,  # as make serve has it: GETs from moto's memory, checked first
     )
     gateway = Gateway(
         routes=load_template().routes(),
@@ -425,3 +427,30 @@ def test_auth_off_on_loopback_and_auth_on_anywhere_are_allowed(
     # When the options are parsed, then they stand
     options = Options.parse(["--host", host, "--auth", auth])
     assert (options.host, options.auth) == (host, auth == "on")
+
+
+def test_objects_read_from_motos_memory_are_what_s3_answers(edge: Edge) -> None:
+    # Given the bucket as moto's server holds it
+    s3 = boto3.client("s3", endpoint_url=edge.moto_url, region_name=REGION)
+    bucket = "memory-reads"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    old = s3.put_object(Bucket=bucket, Key="a/b.dcm", Body=b"old", ContentType="application/dicom")
+    new = s3.put_object(Bucket=bucket, Key="a/b.dcm", Body=b"new", ContentType="application/dicom")
+    s3.put_object(Bucket=bucket, Key="gone.dcm", Body=b"x")
+    s3.delete_object(Bucket=bucket, Key="gone.dcm")
+    # When objects are read from memory
+    current = read_object(bucket, "a/b.dcm", None)
+    earlier = read_object(bucket, "a/b.dcm", old["VersionId"])
+    # Then each is the version S3 serves, with S3's headers
+    answer = s3.get_object(Bucket=bucket, Key="a/b.dcm")
+    assert current is not None and current.body == b"new" == answer["Body"].read()
+    assert current.headers["etag"] == answer["ETag"] == new["ETag"]
+    assert current.headers["content-type"] == answer["ContentType"] == "application/dicom"
+    assert current.headers["x-amz-version-id"] == new["VersionId"]
+    assert earlier is not None and earlier.body == b"old"
+    # And what S3 would refuse is left to S3's own answer over HTTP
+    assert read_object(bucket, "gone.dcm", None) is None  # a delete marker: 404
+    assert read_object(bucket, "never.dcm", None) is None
+    assert read_object("no-such-bucket", "a/b.dcm", None) is None
+    assert read_object(bucket, "a/b.dcm", "no-such-version") is None
