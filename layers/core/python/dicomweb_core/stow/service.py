@@ -1,7 +1,8 @@
 """STOW-RS: store instances (PS3.18 §10.5) and answer with the Store Instances Response.
 
 The write path per instance: validate, S3 first (the bytes with their SHA-256, and the
-metadata document, under keys of this write's own), then the index in one transaction.
+metadata document, under keys of this write's own), then the index: the SOP Instance UID's
+claim and the instance item that commits the write (dicomweb_core.index.writer).
 ``InstanceStored`` is not published here: the index table's stream announces each committed
 write (dicomweb_core.changefeed), so a crash after the commit cannot lose the event, and a
 store that commits nothing (an identical duplicate, a refused write) announces nothing.
