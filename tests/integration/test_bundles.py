@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import boto3
 import numpy
@@ -29,7 +30,7 @@ from dicomweb_core.wado import bundles, media, prebuilt
 from dicomweb_core.wado.bundles import MIN_PART, BundleBuilder, BundleComposer, ObjectRange
 from dicomweb_core.wado.orders import QueuedBundleOrders
 from dicomweb_core.wado.prebuilt import BundleOrder
-from dicomweb_core.wado.redirects import WAIT_PARAMETER, WAIT_ROUNDS, LargeAnswers
+from dicomweb_core.wado.redirects import ORDERED_PARAMETER, WAIT_PARAMETER, WAIT_ROUNDS, LargeAnswers
 from dicomweb_core.web.multipart import split_parts
 from infra.datasets.generate import make_dataset, new_uid, to_part10
 from infra.local.provision import Stack
@@ -165,7 +166,8 @@ def _ordered(env: Env, path: str, accept: str | None = DICOM_MULTIPART) -> None:
     """Ask for ``path`` the first time: the body is ordered, and the request redirected to itself."""
     answer = env.get(path, accept)
     assert answer["statusCode"] == 303, answer.get("body")
-    assert answer["headers"]["Location"] == f"{PUBLIC}{path}?{WAIT_PARAMETER}=1"
+    location = answer["headers"]["Location"]
+    assert location.startswith(f"{PUBLIC}{path}?{WAIT_PARAMETER}=1&{ORDERED_PARAMETER}="), location
     assert answer["headers"]["Cache-Control"] == "no-store"
 
 
@@ -226,15 +228,40 @@ def test_a_request_redirected_to_itself_orders_once_and_gives_up_after_the_last_
     study, series = new_uid(), new_uid()
     env.store(*(big_instance(study, series, n) for n in (1, 2, 3)))
     path = f"/studies/{study}/series/{series}"
-    # When a waiting round comes back, Then it orders nothing again
-    answer = env.get(path, DICOM_MULTIPART, {WAIT_PARAMETER: "3"})
-    assert answer["headers"]["Location"] == f"{PUBLIC}{path}?{WAIT_PARAMETER}=4"
+    version = SeriesItem.get(*SeriesItem.key(study, series)).version
+    # When a waiting round comes back for the version its first round ordered
+    answer = env.get(path, DICOM_MULTIPART, {WAIT_PARAMETER: "3", ORDERED_PARAMETER: version})
+    # Then it orders nothing again, and sends the client to the next round
+    next_round = urlencode({WAIT_PARAMETER: "4", ORDERED_PARAMETER: version})
+    assert answer["headers"]["Location"] == f"{PUBLIC}{path}?{next_round}"
     assert env.orders() == []
     # And after the last round, 503 says to retry later
-    answer = env.get(path, DICOM_MULTIPART, {WAIT_PARAMETER: str(WAIT_ROUNDS)})
+    answer = env.get(path, DICOM_MULTIPART, {WAIT_PARAMETER: str(WAIT_ROUNDS), ORDERED_PARAMETER: version})
     assert answer["statusCode"] == 503
     assert answer["headers"]["Retry-After"] == "30"
     assert "being built" in json.loads(answer["body"])["message"]
+
+
+def test_a_round_orders_again_when_the_series_changed_since_its_order(env: Env) -> None:
+    # Given a large series whose body was ordered (its first round), then one more instance
+    # stored before BundleFunction read the order (the order is for a version that is gone)
+    study, series = new_uid(), new_uid()
+    env.store(*(big_instance(study, series, n) for n in (1, 2, 3)))
+    path = f"/studies/{study}/series/{series}"
+    first = env.get(path, DICOM_MULTIPART)
+    ordered = parse_qs(urlsplit(first["headers"]["Location"]).query)[ORDERED_PARAMETER][0]
+    env.store(big_instance(study, series, 4))
+    assert env.fulfil() == 1 and env.bundle_keys(study) == []  # the stale order builds nothing
+    # When the client comes back for its next round
+    answer = env.get(path, DICOM_MULTIPART, {WAIT_PARAMETER: "1", ORDERED_PARAMETER: ordered})
+    # Then the current version is ordered, and once built the round after finds it
+    version = SeriesItem.get(*SeriesItem.key(study, series)).version
+    assert version != ordered
+    assert env.orders() == [BundleOrder(version, media.AS_STORED, study, series)]
+    assert parse_qs(urlsplit(answer["headers"]["Location"]).query)[ORDERED_PARAMETER] == [version]
+    assert env.fulfil() == 1
+    done = env.get(path, DICOM_MULTIPART, {WAIT_PARAMETER: "2", ORDERED_PARAMETER: version})
+    assert f"/bundles/{study}/{series}/-/{version}/" in done["headers"]["Location"]
 
 
 def test_a_study_of_several_series_gets_its_own_body(env: Env) -> None:

@@ -42,6 +42,7 @@ from dicomweb_core.web.uri import DicomWebURI
 
 REDIRECT_SECONDS = 300  # lifetime of a presigned path
 WAIT_PARAMETER = "bundle-wait"  # the round of a request waiting for its body
+ORDERED_PARAMETER = "bundle-version"  # the version whose body the earlier round ordered
 WAIT_ROUNDS = 25  # redirects to itself before 503 (clients follow 20 to 30)
 POLL_SECONDS = 0.5
 
@@ -137,14 +138,15 @@ class LargeAnswers:
         self, order: BundleOrder, base_url: str, url: str, query: Mapping[str, str], *, what: str
     ) -> Reply:
         """A redirect to the order's body: at once when it exists; else ordered (on a
-        request's first round), waited for, and if still missing, a redirect to ``url`` for
-        the next round."""
+        request's first round, or when the resource has a new version since the earlier
+        round ordered one: its body would never be built), waited for, and if still
+        missing, a redirect to ``url`` for the next round."""
         rounds = _wait_round(query)
         if self.reader.exists(order.key):
             return self._redirect(order.key, None, base_url)
         if self.orders is None:
             raise PayloadTooLarge(f"{what} is larger than one function response can carry.")
-        if rounds == 0:
+        if rounds == 0 or query.get(ORDERED_PARAMETER) != order.version:
             self.orders.place(order)
         elif rounds >= WAIT_ROUNDS:
             raise ServiceUnavailable(
@@ -157,7 +159,8 @@ class LargeAnswers:
             time.sleep(POLL_SECONDS)
             if self.reader.exists(order.key):
                 return self._redirect(order.key, None, base_url)
-        again = f"{url}?{urlencode({**query, WAIT_PARAMETER: str(rounds + 1)})}"
+        next_round = {**query, WAIT_PARAMETER: str(rounds + 1), ORDERED_PARAMETER: order.version}
+        again = f"{url}?{urlencode(next_round)}"
         return Reply(int(HTTPStatus.SEE_OTHER), b"", None, {"Location": again, "Cache-Control": "no-store"})
 
     def _redirect(self, key: str, version_id: str | None, base_url: str) -> Reply:
