@@ -141,8 +141,11 @@ def test_a_quiet_series_is_announced_once_with_its_study(env: StabilityEnv) -> N
     env.offset = STABLE_AGE + timedelta(seconds=1)
     service = env.service()
     outcomes = [service.observe(e).outcome for e in delayed]
-    # Then exactly one message announced it, and the others found it announced
-    assert sorted(outcomes) == ["announced", "announced", "stable"]
+    # Then exactly one message announced it; the others found it announced, or (when the
+    # stores spread over more than a second, as on a loaded machine) deferred to the later
+    # message of the series' last change
+    assert outcomes.count("stable") == 1, outcomes
+    assert set(outcomes) <= {"stable", "announced", "superseded"}, outcomes
     announcements = env.announcements()
     assert [kind for kind, _ in announcements] == ["SeriesStable", "StudyStable"]
     series_detail = announcements[0][1]
