@@ -64,6 +64,14 @@ class Env:
         except Crash:
             return None
 
+    def stow_request(self, *datasets: Dataset) -> StoreOutcome | None:
+        """One STOW request of several instances (None: the process died, no answer)."""
+        service = stow_service(self.settings)
+        try:
+            return service.store_all([memoryview(to_part10(ds)) for ds in datasets], study=None)
+        except Crash:
+            return None
+
     def delete(self, study: str) -> str:
         """One DELETE request: ``deleted``, ``gone`` (410), ``error`` (a 5xx) or ``died``."""
         service = DeleteService(bucket=self.bucket, events=EventPublisher(self.settings.event_bus_name))
@@ -262,6 +270,43 @@ def test_a_stow_racing_a_delete_at_any_step_never_leaves_half_of_each(env: Env, 
         _one_came_last(env, late, outcomes[0], (step, operation))
 
 
+@pytest.mark.slow  # sweeps every AWS call of the request: minutes against moto
+def test_a_delete_racing_a_request_of_several_instances_never_leaves_half_of_each(
+    env: Env, faults: Faults
+) -> None:
+    sample = _stored_study(env)
+    shape = env.calls(faults, lambda: env.stow_request(*(sibling(sample) for _ in range(3))))
+    # The request reads its study's DELETE fence once, after its last commit
+    assert shape.count("GetItem") == 1 and shape[-1] == "GetItem"
+    for step, operation in enumerate(shape):
+        # Given a study, and a request of three more instances that a DELETE overtakes here
+        first = _stored_study(env)
+        batch = [sibling(first) for _ in range(3)]
+        answers: list[str] = []
+        delete = lambda s=first.StudyInstanceUID, a=answers: a.append(env.delete(s))  # noqa: E731
+        with faults.armed("run_before", at=step, other=delete):
+            outcome = env.stow_request(*batch)
+        assert answers == ["deleted"] and outcome is not None
+        label = (step, operation)
+        # Then each instance is acknowledged and in the study, or refused as deleted and
+        # gone: the instances the DELETE overtook went with the study or were refused, and
+        # those stored after it are the whole study created anew
+        acknowledged = {s.sop_instance_uid for s in outcome.stored}
+        for failure in outcome.failures:
+            assert failure.reason is FailureReason.PROCESSING_FAILURE and "deleted" in failure.message, label
+        assert len(acknowledged) + len(outcome.failures) == 3, label
+        study = first.StudyInstanceUID
+        assert _sops_in(study) == acknowledged, label
+        if acknowledged:
+            contents = {
+                ds.SOPInstanceUID: [to_part10(ds)] for ds in batch if ds.SOPInstanceUID in acknowledged
+            }
+            check(env.s3, env.bucket, acknowledged=contents)
+        else:
+            check(env.s3, env.bucket, acknowledged={}, deleted={study})
+        _empty(env)
+
+
 def _one_came_last(env: Env, late: Dataset, outcome: StoreOutcome | None, label: Any) -> None:
     """Never half of each: the study holds exactly the STOW's instance, with its objects
     current (the STOW came last); or nothing of the study survives (the DELETE came last,
@@ -349,6 +394,9 @@ def test_a_store_into_an_existing_series_writes_no_transaction(env: Env, faults:
     # Then it reads once, puts its objects, claims its UID and commits with two PutItems
     # (no transaction, which DynamoDB bills twice), and reads the DELETE fence once
     assert shape == ["BatchGetItem", "PutObject", "PutObject", "PutItem", "PutItem", "GetItem"]
+    # And a request of several reads the fence once for all of them
+    several = env.calls(faults, lambda: env.stow_request(sibling(first), sibling(first), sibling(first)))
+    assert several == ["BatchGetItem", "PutObject", "PutObject", "PutItem", "PutItem"] * 3 + ["GetItem"]
 
 
 # ---------------------------------------------------------------- duplicates and overwrites

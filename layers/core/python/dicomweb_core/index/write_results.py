@@ -95,6 +95,16 @@ class Prior:
     context: WriteContext  # whether the study and series exist: the first attempt's context
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Unfenced:
+    """A write committed into an existing series whose DELETE fence is still to be read
+    (:meth:`~dicomweb_core.index.writer.IndexWriter.fence`): until then it is not stored."""
+
+    instance: ReceivedInstance
+    stored: StoredObject
+    deletions: int  # the study's DELETE count read before the write's objects were put
+
+
 class AlreadyIndexed(Exception):
     """The SOP Instance UID is in the index already; ``existing`` says with what."""
 

@@ -23,10 +23,11 @@ Writes race a study DELETE safely (docs/write-safety.md). Before it puts anythin
 write reads how many DELETEs of its study have begun (the tombstone's count; a DELETE under
 way refuses it at once). A first store into the study requires, in its transaction, the
 tombstone to still hold that count; so does a first store into a series (once per series).
-Every other write reads the tombstone again *after* its commit: if a DELETE began in
-between, the write takes its items back (while they still name its object and place) and is
-refused. A DELETE that begins after that read reads the study's partition after its own
-mark, so it sees the instance and deletes it with the study.
+Every other write reads the tombstone again *after* its commit (:meth:`IndexWriter.fence`;
+a STOW-RS request reads it once per study after its last commit, before it answers): if a
+DELETE began in between, the write takes its items back (while they still name its object
+and place) and is refused. A DELETE that begins after that read reads the study's
+partition after its own mark, so it sees the instance and deletes it with the study.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
@@ -77,6 +79,7 @@ from dicomweb_core.index.write_results import (
     Prior,
     StoredObject,
     StudyDeleted,
+    Unfenced,
     WriteContext,
 )
 
@@ -162,9 +165,15 @@ class IndexWriter:
         *,
         deletions: int,
         context: WriteContext | None = None,
-    ) -> None:
+        fence: bool = True,
+    ) -> Unfenced | None:
         """Index a new instance, exactly once: claim its SOP Instance UID, then commit its
         instance item.
+
+        A commit into an existing series is then checked against a DELETE of the study
+        (:meth:`fence`); with ``fence=False`` it is returned instead, for the caller to
+        check with the other writes of its request (one read per study), before it tells
+        anyone the instance is stored.
 
         ``deletions`` is :meth:`prior`'s count, read before ``stored`` was put in S3, and
         ``context`` its context (read again when not given, and before every retry).
@@ -201,7 +210,7 @@ class IndexWriter:
                     )
                     if existing is not None:
                         if existing.stored.key == stored.key:
-                            return  # our own earlier attempt committed
+                            return None  # our own earlier attempt committed
                         raise AlreadyIndexed(existing) from None
                 elif isinstance(exc, PutError):
                     raise
@@ -215,9 +224,14 @@ class IndexWriter:
                     raise
                 generation += 1
                 continue
-            if context.series_exists:
-                self._fence_after_commit(instance, stored, deletions)
-            return
+            if not context.series_exists:
+                return None  # its transaction checked the tombstone
+            commit = Unfenced(instance, stored, deletions)
+            if not fence:
+                return commit
+            if self.fence([commit]):
+                raise StudyDeleted()
+            return None
         raise IndexContention(
             f"could not index {instance.sop_instance_uid} after {MAX_ATTEMPTS} attempts under contention"
         )
@@ -272,28 +286,46 @@ class IndexWriter:
             & (SopItem.series_uid == instance.series_instance_uid),
         )
 
-    def _fence_after_commit(self, instance: ReceivedInstance, stored: StoredObject, deletions: int) -> None:
-        """After committing into an existing series: has a DELETE of it begun since ``deletions``
-        was read? Then take this write's items back (only while they still name its object
-        and place) and raise :class:`StudyDeleted`. One strongly consistent GetItem of the
-        tombstone."""
+    def fence(self, commits: Sequence[Unfenced]) -> list[Unfenced]:
+        """The DELETE fence of writes committed into existing series: has a DELETE of a
+        study begun since a write's ``deletions`` was read? Then that write's items are
+        taken back (only while they still name its object and place) and it is returned:
+        refused, as :class:`StudyDeleted`. One strongly consistent GetItem of each study's
+        tombstone, however many of its writes are checked."""
+        refused: list[Unfenced] = []
+        by_study: dict[str, list[Unfenced]] = {}
+        for commit in commits:
+            by_study.setdefault(commit.instance.study_instance_uid, []).append(commit)
+        for study, group in by_study.items():
+            tombstone = self._tombstone(study)
+            for commit in group:
+                if tombstone is None and commit.deletions == 0:
+                    continue
+                if (
+                    tombstone is not None
+                    and tombstone.deleting is None
+                    and _count(tombstone.deletions) == commit.deletions
+                ):
+                    continue
+                # The instance item only while it names this write's object (the DELETE
+                # may have taken it already), then the claim.
+                _delete_unless_changed(
+                    InstanceItem(*_instance_key(commit.instance)), InstanceItem.s3_key == commit.stored.key
+                )
+                self._release_claim(commit.instance)
+                refused.append(commit)
+        return refused
+
+    @staticmethod
+    def _tombstone(study: str) -> DeletedStudyItem | None:
         try:
-            tombstone = DeletedStudyItem.get(
-                *DeletedStudyItem.key(instance.study_instance_uid),
+            return DeletedStudyItem.get(
+                *DeletedStudyItem.key(study),
                 consistent_read=True,
                 attributes_to_get=["pk", "sk", "kind", "deleting", "deletions"],
             )
         except DeletedStudyItem.DoesNotExist:
-            if deletions == 0:
-                return
-            tombstone = None
-        if tombstone is not None and tombstone.deleting is None and _count(tombstone.deletions) == deletions:
-            return
-        # The instance item only while it names this write's object (the DELETE may have
-        # taken it already), then the claim.
-        _delete_unless_changed(InstanceItem(*_instance_key(instance)), InstanceItem.s3_key == stored.key)
-        self._release_claim(instance)
-        raise StudyDeleted()
+            return None
 
     def _context(self, instance: ReceivedInstance, deletions: int) -> WriteContext:
         """Read again, strongly consistent: do the study and the series exist, how many

@@ -34,6 +34,8 @@ from dicomweb_core.index.write_results import (
     ExistingInstance,
     Prior,
     StoredObject,
+    StudyDeleted,
+    Unfenced,
     WriteRefused,
 )
 from dicomweb_core.index.writer import IndexWriter
@@ -180,18 +182,53 @@ class StowService:
         self.index = index
 
     def store_all(self, payloads: Sequence[memoryview], *, study: str | None) -> StoreOutcome:
+        """Store a request's instances. Writes into existing series are checked against a
+        DELETE of their study together, once the last is committed (one read per study,
+        not per instance), and only then counted as stored."""
         outcome = StoreOutcome()
         budget = InflationBudget(self.settings.limits.max_inflated_bytes)  # for the whole request
+        unfenced: list[_Unfenced] = []
         for payload in payloads:
             try:
-                outcome.stored.append(self.store_one(payload, study=study, budget=budget))
+                outcome.stored.append(self.store_one(payload, study=study, budget=budget, unfenced=unfenced))
             except InstanceRejected as rejected:
                 outcome.failures.append(rejected.failure)
+        if unfenced:
+            self._fence(unfenced, outcome)
         return outcome
 
+    def _fence(self, unfenced: list[_Unfenced], outcome: StoreOutcome) -> None:
+        """Refuse, and remove the objects of, the writes a DELETE of their study overtook
+        (docs/write-safety.md); a fence that cannot be read refuses them all, retryable
+        (they stay indexed: a retry is an identical duplicate and succeeds)."""
+        try:
+            refused = {id(commit) for commit in self.index.fence([u.commit for u in unfenced])}
+        except Exception:
+            logger.exception("the DELETE fence of a request could not be read")
+            refused, failure = {id(u.commit) for u in unfenced}, None
+        else:
+            failure = StudyDeleted()
+        for pending in unfenced:
+            if id(pending.commit) not in refused:
+                continue
+            instance, key = pending.commit.instance, pending.commit.stored.key
+            outcome.stored = [s for s in outcome.stored if s.stored.key != key]
+            if failure is None:
+                outcome.failures.append(_processing_failure(instance).failure)
+                continue
+            pending.write.discard()
+            outcome.failures.append(_rejected(instance, failure).failure)
+
     def store_one(
-        self, payload: memoryview, *, study: str | None, budget: InflationBudget | None = None
+        self,
+        payload: memoryview,
+        *,
+        study: str | None,
+        budget: InflationBudget | None = None,
+        unfenced: list[_Unfenced] | None = None,
     ) -> StoredInstance:
+        """Store one instance. With ``unfenced``, a write into an existing series is added
+        there for :meth:`store_all` to fence instead of being fenced here."""
         instance = read_instance(payload, limits=self.settings.limits, budget=budget)
         if study is not None and instance.study_instance_uid != study:
             raise InstanceRejected(
@@ -201,22 +238,16 @@ class StowService:
                 sop_instance_uid=instance.sop_instance_uid,
             )
         try:
-            return self._write(instance)
+            return self._write(instance, unfenced)
         except InstanceRejected:
             raise
         except Exception:
             logger.exception(
                 "storing an instance failed", extra={"sop_instance_uid": instance.sop_instance_uid}
             )
-            raise InstanceRejected(
-                FailureReason.PROCESSING_FAILURE,
-                "the instance could not be stored because of a server-side error; nothing was kept, retry.",
-                sop_class_uid=instance.sop_class_uid,
-                sop_instance_uid=instance.sop_instance_uid,
-                retryable=True,
-            ) from None
+            raise _processing_failure(instance) from None
 
-    def _write(self, instance: ReceivedInstance) -> StoredInstance:
+    def _write(self, instance: ReceivedInstance, unfenced: list[_Unfenced] | None = None) -> StoredInstance:
         try:
             prior = self.index.prior(instance)
         except WriteRefused as refused:
@@ -225,7 +256,15 @@ class StowService:
             return self._store_duplicate(instance, prior.existing, prior)
         with self._written(instance) as written:
             try:
-                self.index.add(instance, written.stored, deletions=prior.deletions, context=prior.context)
+                commit = self.index.add(
+                    instance,
+                    written.stored,
+                    deletions=prior.deletions,
+                    context=prior.context,
+                    fence=unfenced is None,
+                )
+                if commit is not None and unfenced is not None:
+                    unfenced.append(_Unfenced(commit, written))
                 return _stored(instance, written.stored)
             except AlreadyIndexed as race:
                 # Another request indexed this SOP Instance UID after our lookup: our
@@ -347,6 +386,25 @@ class _Write:
                 self.store.delete_version(key, version)
             except Exception:
                 logger.exception("could not remove an unreferenced object", extra={"key": key})
+
+
+@dataclass(frozen=True, slots=True)
+class _Unfenced:
+    """A request's write committed into an existing series, with its objects, until its
+    DELETE fence is read (:meth:`StowService.store_all`)."""
+
+    commit: Unfenced
+    write: _Write
+
+
+def _processing_failure(instance: ReceivedInstance) -> InstanceRejected:
+    return InstanceRejected(
+        FailureReason.PROCESSING_FAILURE,
+        "the instance could not be stored because of a server-side error; nothing was kept, retry.",
+        sop_class_uid=instance.sop_class_uid,
+        sop_instance_uid=instance.sop_instance_uid,
+        retryable=True,
+    )
 
 
 def _rejected(instance: ReceivedInstance, refused: WriteRefused) -> InstanceRejected:
