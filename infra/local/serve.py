@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from moto.moto_api._internal.models import moto_api_backend
 from moto.server import ThreadedMotoServer
 
 from dicomweb_core.audit import FileSink
@@ -178,6 +179,9 @@ class LocalStack:
         self.options.local_dir.mkdir(parents=True, exist_ok=True)
         serialise_dynamodb()
         withdraw_cancelled_stream_records()  # a cancelled transaction streams nothing, as in DynamoDB
+        # moto's backends are this process's globals: a stack started after another one in
+        # the same process (the benchmark sections) starts empty too, then from its snapshot.
+        moto_api_backend.reset()
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.moto.start()
         _, moto_port = self.moto.get_host_and_port()
