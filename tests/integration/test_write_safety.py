@@ -394,9 +394,18 @@ def test_a_store_into_an_existing_series_writes_no_transaction(env: Env, faults:
     # Then it reads once, puts its objects, claims its UID and commits with two PutItems
     # (no transaction, which DynamoDB bills twice), and reads the DELETE fence once
     assert shape == ["BatchGetItem", "PutObject", "PutObject", "PutItem", "PutItem", "GetItem"]
-    # And a request of several reads the fence once for all of them
+    # And a request of several reads what the index holds for all of them at once, and the
+    # fence once for all of them
     several = env.calls(faults, lambda: env.stow_request(sibling(first), sibling(first), sibling(first)))
-    assert several == ["BatchGetItem", "PutObject", "PutObject", "PutItem", "PutItem"] * 3 + ["GetItem"]
+    assert several == ["BatchGetItem", *["PutObject", "PutObject", "PutItem", "PutItem"] * 3, "GetItem"]
+    # And in a request that creates a study, only its first instance commits in a
+    # transaction (the study and series items with it): the others know they exist
+    new = make_dataset()
+    request = [new, sibling(new), sibling(new)]
+    creating = env.calls(faults, lambda: env.stow_request(*request))
+    assert creating.count("BatchGetItem") == 1 and creating.count("TransactWriteItems") == 1
+    assert creating[-1] == "GetItem" and creating.count("GetItem") == 1
+    check(env.s3, env.bucket, acknowledged={ds.SOPInstanceUID: [to_part10(ds)] for ds in request})
 
 
 # ---------------------------------------------------------------- duplicates and overwrites

@@ -81,6 +81,7 @@ from dicomweb_core.index.write_results import (
     StudyDeleted,
     Unfenced,
     WriteContext,
+    WriteRefused,
 )
 
 MAX_ATTEMPTS = 8
@@ -135,11 +136,25 @@ class IndexWriter:
         another place is followed to the instance item there (one more read, rare).
 
         Raises :class:`StudyDeleted` while a DELETE of the study is under way."""
+        return self._prior_from(instance, self._read(_prior_keys(instance)))
+
+    def priors(self, instances: Sequence[ReceivedInstance]) -> list[Prior | WriteRefused]:
+        """:meth:`prior` of several instances (a request's), from one BatchGetItem of their
+        items together (the study's and series' items and tombstone read once); a refusal
+        in place of the prior of an instance whose study is being deleted."""
+        keys_needed = list(dict.fromkeys(key for i in instances for key in _prior_keys(i)))
+        items = self._read(keys_needed)
+        found: list[Prior | WriteRefused] = []
+        for instance in instances:
+            try:
+                found.append(self._prior_from(instance, items))
+            except WriteRefused as refused:
+                found.append(refused)
+        return found
+
+    def _prior_from(self, instance: ReceivedInstance, items: dict[tuple[str, str], IndexItem]) -> Prior:
         sop = instance.sop_instance_uid
-        claim_key = SopItem.key(sop)
-        here_key = _instance_key(instance)
-        items = self._read([claim_key, here_key, *_context_keys(instance)])
-        claim, here = items.get(claim_key), items.get(here_key)
+        claim, here = items.get(SopItem.key(sop)), items.get(_instance_key(instance))
         tombstone = items.get(DeletedStudyItem.key(instance.study_instance_uid))
         if isinstance(tombstone, DeletedStudyItem) and tombstone.deleting is not None:
             raise StudyDeleted()
@@ -500,6 +515,11 @@ def _context_keys(instance: ReceivedInstance) -> list[tuple[str, str]]:
     """The study's and series' items and the study's tombstone."""
     study, series = instance.study_instance_uid, instance.series_instance_uid
     return [StudyItem.key(study), SeriesItem.key(study, series), DeletedStudyItem.key(study)]
+
+
+def _prior_keys(instance: ReceivedInstance) -> list[tuple[str, str]]:
+    """The SOP claim and the instance item at this instance's place, then its context."""
+    return [SopItem.key(instance.sop_instance_uid), _instance_key(instance), *_context_keys(instance)]
 
 
 def _instance_key(instance: ReceivedInstance) -> tuple[str, str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -182,20 +182,43 @@ class StowService:
         self.index = index
 
     def store_all(self, payloads: Sequence[memoryview], *, study: str | None) -> StoreOutcome:
-        """Store a request's instances. Writes into existing series are checked against a
-        DELETE of their study together, once the last is committed (one read per study,
-        not per instance), and only then counted as stored."""
+        """Store a request's instances. What the index holds for them is read once for the
+        whole request (one BatchGetItem), and writes into existing series are checked
+        against a DELETE of their study together, once the last is committed (one read
+        per study, not per instance), and only then counted as stored."""
         outcome = StoreOutcome()
         budget = InflationBudget(self.settings.limits.max_inflated_bytes)  # for the whole request
-        unfenced: list[_Unfenced] = []
+        received: list[ReceivedInstance] = []
         for payload in payloads:
             try:
-                outcome.stored.append(self.store_one(payload, study=study, budget=budget, unfenced=unfenced))
+                received.append(self._received(payload, study=study, budget=budget))
             except InstanceRejected as rejected:
                 outcome.failures.append(rejected.failure)
+        unfenced: list[_Unfenced] = []
+        written: set[tuple[str, str]] = set()  # (study, series) this request has stored into
+        for instance, prior in zip(received, self._priors(received), strict=True):
+            try:
+                outcome.stored.append(
+                    self._store_received(instance, unfenced=unfenced, prior=_after(prior, written, instance))
+                )
+            except InstanceRejected as rejected:
+                outcome.failures.append(rejected.failure)
+            else:
+                written.add((instance.study_instance_uid, instance.series_instance_uid))
         if unfenced:
             self._fence(unfenced, outcome)
         return outcome
+
+    def _priors(self, instances: list[ReceivedInstance]) -> list[Prior | WriteRefused | None]:
+        """The request's priors from one read; where that read fails, None: each instance
+        then reads its own."""
+        if len(instances) < 2:
+            return [None] * len(instances)
+        try:
+            return list(self.index.priors(instances))
+        except Exception:
+            logger.exception("reading a request's index entries together failed; each is read alone")
+            return [None] * len(instances)
 
     def _fence(self, unfenced: list[_Unfenced], outcome: StoreOutcome) -> None:
         """Refuse, and remove the objects of, the writes a DELETE of their study overtook
@@ -219,16 +242,9 @@ class StowService:
             pending.write.discard()
             outcome.failures.append(_rejected(instance, failure).failure)
 
-    def store_one(
-        self,
-        payload: memoryview,
-        *,
-        study: str | None,
-        budget: InflationBudget | None = None,
-        unfenced: list[_Unfenced] | None = None,
-    ) -> StoredInstance:
-        """Store one instance. With ``unfenced``, a write into an existing series is added
-        there for :meth:`store_all` to fence instead of being fenced here."""
+    def _received(
+        self, payload: memoryview, *, study: str | None, budget: InflationBudget | None
+    ) -> ReceivedInstance:
         instance = read_instance(payload, limits=self.settings.limits, budget=budget)
         if study is not None and instance.study_instance_uid != study:
             raise InstanceRejected(
@@ -237,8 +253,20 @@ class StowService:
                 sop_class_uid=instance.sop_class_uid,
                 sop_instance_uid=instance.sop_instance_uid,
             )
+        return instance
+
+    def _store_received(
+        self,
+        instance: ReceivedInstance,
+        *,
+        unfenced: list[_Unfenced],
+        prior: Prior | WriteRefused | None,
+    ) -> StoredInstance:
+        """Write one parsed instance. A write into an existing series is added to
+        ``unfenced`` for :meth:`store_all` to fence; ``prior`` is what the index held for
+        it, read with its request (None: read it here)."""
         try:
-            return self._write(instance, unfenced)
+            return self._write(instance, unfenced, prior)
         except InstanceRejected:
             raise
         except Exception:
@@ -247,9 +275,17 @@ class StowService:
             )
             raise _processing_failure(instance) from None
 
-    def _write(self, instance: ReceivedInstance, unfenced: list[_Unfenced] | None = None) -> StoredInstance:
+    def _write(
+        self,
+        instance: ReceivedInstance,
+        unfenced: list[_Unfenced],
+        prior: Prior | WriteRefused | None,
+    ) -> StoredInstance:
         try:
-            prior = self.index.prior(instance)
+            if prior is None:
+                prior = self.index.prior(instance)
+            elif isinstance(prior, WriteRefused):
+                raise prior
         except WriteRefused as refused:
             raise _rejected(instance, refused) from None
         if prior.existing is not None:
@@ -261,9 +297,9 @@ class StowService:
                     written.stored,
                     deletions=prior.deletions,
                     context=prior.context,
-                    fence=unfenced is None,
+                    fence=False,
                 )
-                if commit is not None and unfenced is not None:
+                if commit is not None:
                     unfenced.append(_Unfenced(commit, written))
                 return _stored(instance, written.stored)
             except AlreadyIndexed as race:
@@ -386,6 +422,21 @@ class _Write:
                 self.store.delete_version(key, version)
             except Exception:
                 logger.exception("could not remove an unreferenced object", extra={"key": key})
+
+
+def _after(
+    prior: Prior | WriteRefused | None, written: set[tuple[str, str]], instance: ReceivedInstance
+) -> Prior | WriteRefused | None:
+    """A prior read with its request, as it stands after the request's earlier writes: the
+    study (and series) they stored into exist now. (Anything else they changed, the write's
+    conditions find, and it reads again.)"""
+    if not isinstance(prior, Prior):
+        return prior
+    study = instance.study_instance_uid
+    if not any(s == study for s, _ in written):
+        return prior
+    series_exists = prior.context.series_exists or (study, instance.series_instance_uid) in written
+    return replace(prior, context=replace(prior.context, study_exists=True, series_exists=series_exists))
 
 
 @dataclass(frozen=True, slots=True)
