@@ -171,15 +171,16 @@ def small_instance(**attributes: Any) -> tuple[Dataset, bytes]:
 
 
 def bounded(call: Callable[[], Any], *, seconds: float, mib: int) -> Any:
-    """Run ``call``; assert it took under ``seconds`` and allocated under ``mib`` MiB at peak."""
+    """Run ``call``; assert it took under ``seconds`` of this process's CPU (not a busy
+    machine's wall clock) and allocated under ``mib`` MiB at peak."""
     tracemalloc.start()
-    started = time.perf_counter()
+    started = time.process_time()
     try:
         try:
             result: Any = call()
         except InstanceRejected as rejected:
             result = rejected
-        elapsed = time.perf_counter() - started
+        elapsed = time.process_time() - started
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -393,10 +394,10 @@ def test_deeply_nested_instance_is_refused_by_stow_and_nothing_is_stored(deploym
 def test_deeply_nested_query_keys_are_bounded(deployment: Deployment, query: str, status: int) -> None:
     # Given a key that is a sequence path hundreds of levels deep
     # When searched / Then it is answered (or refused) fast
-    started = time.perf_counter()
+    started = time.process_time()
     answer = deployment.call("GET", "/studies", query=query)
     assert answer.status == status
-    assert time.perf_counter() - started < 2
+    assert time.process_time() - started < 2
 
 
 # ====================================================================== 4. deflate bomb
@@ -485,7 +486,7 @@ def test_many_bombs_in_one_request_share_one_inflation_budget() -> None:
     bomb = with_meta(deflate_bomb(200 * MIB), syntax=DeflatedExplicitVRLittleEndian)
     budget = InflationBudget(Limits().max_inflated_bytes)
     # When they are read one after the other with the request's budget, measured
-    started = time.perf_counter()
+    started = time.process_time()
     outcomes = []
     for _ in range(10):
         try:
@@ -493,7 +494,7 @@ def test_many_bombs_in_one_request_share_one_inflation_budget() -> None:
             outcomes.append("accepted")
         except InstanceRejected as rejected:
             outcomes.append(rejected.failure.message)
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     # Then at most about one cap of inflation is spent for the whole request: after the
     # budget runs out, every further deflated part is refused at once
     assert budget.remaining == 0
@@ -834,11 +835,11 @@ def test_wildcard_queries_with_many_stars_are_answered_in_bounded_time(
     # pattern of dozens of '*' that cannot match (exponential for a backtracking regex)
     assert parse_query(Level.STUDY, query).terms
     # When searched
-    started = time.perf_counter()
+    started = time.process_time()
     answer = deployment.call("GET", "/studies", query=query)
     # Then the answer comes in well under a second per candidate
     assert answer.status in (200, 204)
-    assert time.perf_counter() - started < 2
+    assert time.process_time() - started < 2
 
 
 def test_part_content_location_is_not_followed() -> None:

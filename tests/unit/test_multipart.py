@@ -559,11 +559,11 @@ def test_too_many_parts_is_rejected_quickly() -> None:
     # Given a 10,000-part body
     body, boundary = encode_multipart([({"Content-Type": "application/dicom"}, b"x" * 10)] * 10_000)
     # When it is split with the default limit of 1000 parts
-    started = time.perf_counter()
+    started = time.process_time()  # this process's CPU, not a busy machine's wall clock
     with pytest.raises(TooManyParts, match="more than 1000 parts") as raised:
         split_parts(body, boundary)
-    # Then it fails fast with 413
-    assert time.perf_counter() - started < 1.0
+    # Then it fails fast with 413 (about 6 ms of CPU; the bound only catches runaway work)
+    assert time.process_time() - started < 1.0
     assert raised.value.status == 413
 
 
@@ -581,11 +581,11 @@ def test_large_part_body_is_fast() -> None:
     payload = b"\r\n--xyq" * (50 * 1024 * 1024 // 7)
     body = b"--xyz\r\n" + CT + b"\r\n" + payload + b"\r\n--xyz--"
     # When split
-    started = time.perf_counter()
+    started = time.process_time()
     (part,) = split_parts(body, "xyz")
     # Then the body is found intact in bounded time
     assert part.body.nbytes == len(payload)
-    assert time.perf_counter() - started < 2.0
+    assert time.process_time() - started < 2.0
 
 
 @pytest.mark.parametrize("boundary", ["xyz", B73, B1000], ids=["3", "73", "1000"])
@@ -598,11 +598,11 @@ def test_long_boundaries_cost_no_more_than_short_ones(boundary: str) -> None:
     payload = near_misses * (10 * 1024 * 1024 // len(near_misses))
     body = dash[2:] + b"\r\n" + CT + b"\r\n" + payload + dash + b"--"
     # When split
-    started = time.perf_counter()
+    started = time.process_time()
     (part,) = split_parts(body, boundary)
     # Then the body is found intact, in time linear in the body (not in body x boundary)
     assert part.body.nbytes == len(payload)
-    assert time.perf_counter() - started < 2.0
+    assert time.process_time() - started < 2.0
 
 
 # --- encode_multipart ----------------------------------------------------------------------------
