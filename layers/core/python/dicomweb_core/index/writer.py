@@ -180,15 +180,14 @@ class IndexWriter:
         *,
         deletions: int,
         context: WriteContext | None = None,
-        fence: bool = True,
     ) -> Unfenced | None:
         """Index a new instance, exactly once: claim its SOP Instance UID, then commit its
         instance item.
 
-        A commit into an existing series is then checked against a DELETE of the study
-        (:meth:`fence`); with ``fence=False`` it is returned instead, for the caller to
-        check with the other writes of its request (one read per study), before it tells
-        anyone the instance is stored.
+        A commit into an existing series is returned: the caller checks it against a DELETE
+        of the study with :meth:`fence` (with the other writes of its request: one read
+        per study) before it tells anyone the instance is stored. A first store into a
+        series returns None: its transaction checked the tombstone.
 
         ``deletions`` is :meth:`prior`'s count, read before ``stored`` was put in S3, and
         ``context`` its context (read again when not given, and before every retry).
@@ -224,8 +223,8 @@ class IndexWriter:
                         instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
                     )
                     if existing is not None:
-                        if existing.stored.key == stored.key:
-                            return None  # our own earlier attempt committed
+                        if existing.stored.key == stored.key:  # our own earlier attempt committed
+                            return Unfenced(instance, stored, deletions) if context.series_exists else None
                         raise AlreadyIndexed(existing) from None
                 elif isinstance(exc, PutError):
                     raise
@@ -241,12 +240,7 @@ class IndexWriter:
                 continue
             if not context.series_exists:
                 return None  # its transaction checked the tombstone
-            commit = Unfenced(instance, stored, deletions)
-            if not fence:
-                return commit
-            if self.fence([commit]):
-                raise StudyDeleted()
-            return None
+            return Unfenced(instance, stored, deletions)
         raise IndexContention(
             f"could not index {instance.sop_instance_uid} after {MAX_ATTEMPTS} attempts under contention"
         )

@@ -297,7 +297,6 @@ class StowService:
                     written.stored,
                     deletions=prior.deletions,
                     context=prior.context,
-                    fence=False,
                 )
                 if commit is not None:
                     unfenced.append(_Unfenced(commit, written))
