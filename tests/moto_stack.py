@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from moto import mock_aws
 
 from dicomweb_core.config import DuplicatePolicy, Limits, Settings
-from dicomweb_core.index.models import bind_table
+from dicomweb_core.index.table import use_by_default
 from dicomweb_core.stow.service import StowService
 from infra.local.provision import Stack, provision
 from infra.local.streams import withdraw_cancelled_stream_records
@@ -35,7 +35,7 @@ def provisioned(
 ) -> tuple[Stack, Settings]:
     """Create the template's resources (inside :func:`moto_account`) and settings for them."""
     stack = provision(load_template(), endpoint_url=None, region=REGION, overrides=parameters or {})
-    bind_table(stack.physical_ids["IndexTable"])
+    use_by_default(stack.physical_ids["IndexTable"])
     settings = Settings(
         table_name=stack.physical_ids["IndexTable"],
         bucket_name=stack.physical_ids["InstanceBucket"],

@@ -9,13 +9,17 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from dicomweb_core.config import settings
 from dicomweb_core.dicom.uid import validate_uid
 from dicomweb_core.entry.hooks import sqs_handler
+from dicomweb_core.index.access import Index
 from dicomweb_core.observability import MetricUnit, logger, metrics
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.wado.bundles import BundleBuilder, BundleComposer
 from dicomweb_core.wado.prebuilt import BundleOrder
 
 SETTINGS = settings()
-BUILDER = BundleBuilder(BundleComposer(SETTINGS.bucket_name, ObjectReader(SETTINGS.bucket_name)))
+BUILDER = BundleBuilder(
+    BundleComposer(SETTINGS.bucket_name, ObjectReader(SETTINGS.bucket_name)),
+    Index.for_table(SETTINGS.table_name),
+)
 
 
 def handle(record: SQSRecord) -> None:

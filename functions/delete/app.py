@@ -12,6 +12,9 @@ from dicomweb_core.config import settings
 from dicomweb_core.delete.service import DeleteService
 from dicomweb_core.entry.api import api_app, api_handler, respond
 from dicomweb_core.events import EventPublisher
+from dicomweb_core.index.access import Index
+from dicomweb_core.index.deletions import StudyDeletions
+from dicomweb_core.index.table import IndexTable
 from dicomweb_core.observability import MetricUnit, metrics, tracer
 from dicomweb_core.web import responses
 from dicomweb_core.web.reply import Reply
@@ -19,7 +22,12 @@ from dicomweb_core.web.uri import DicomWebURI
 
 app = api_app()
 SETTINGS = settings()
-SERVICE = DeleteService(bucket=SETTINGS.bucket_name, events=EventPublisher.of(SETTINGS))
+SERVICE = DeleteService(
+    bucket=SETTINGS.bucket_name,
+    events=EventPublisher.of(SETTINGS),
+    index=Index.for_table(SETTINGS.table_name),
+    deletions=StudyDeletions(IndexTable(SETTINGS.table_name)),
+)
 
 
 @app.delete("/studies/<study>")

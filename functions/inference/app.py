@@ -17,6 +17,7 @@ from dicomweb_core.entry.hooks import sqs_handler
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.hooks.inference.loading import load_models
 from dicomweb_core.hooks.inference.pipeline import InferencePipeline, Selection
+from dicomweb_core.index.access import Index
 from dicomweb_core.observability import MetricUnit, logger, metrics
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.stow.service import StowService
@@ -29,6 +30,7 @@ PIPELINE = InferencePipeline(
     stow=StowService.of(SETTINGS),
     events=EVENTS,
     selection=Selection.from_environ(os.environ),
+    index=Index.for_table(SETTINGS.table_name),
 )
 
 

@@ -12,6 +12,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from dicomweb_core.config import settings
 from dicomweb_core.entry import stores
 from dicomweb_core.entry.api import api_app, api_handler, respond
+from dicomweb_core.index.access import Index
 from dicomweb_core.observability import MetricUnit, metrics, tracer
 from dicomweb_core.render.service import RenderService, Request
 from dicomweb_core.render.thumbnails import ThumbnailStore
@@ -26,7 +27,9 @@ SETTINGS = settings()
 ROOTS = {"": stores.roots(SETTINGS)[""]}  # the primary store only
 READER = ObjectReader(SETTINGS.bucket_name)
 SERVICE = RenderService(
-    reader=READER, thumbnails=ThumbnailStore(READER, S3InstanceStore(SETTINGS.bucket_name))
+    reader=READER,
+    thumbnails=ThumbnailStore(READER, S3InstanceStore(SETTINGS.bucket_name)),
+    index=Index.for_table(SETTINGS.table_name),
 )
 
 

@@ -14,11 +14,16 @@ from dicomweb_core.config import settings
 from dicomweb_core.dicom.uid import validate_uid
 from dicomweb_core.entry.hooks import sqs_handler
 from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder
+from dicomweb_core.index.access import Index
 from dicomweb_core.observability import MetricUnit, logger, metrics
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
 
 SETTINGS = settings()
-BUILDER = SeriesMetadataBuilder(ObjectReader(SETTINGS.bucket_name), S3InstanceStore(SETTINGS.bucket_name))
+BUILDER = SeriesMetadataBuilder(
+    ObjectReader(SETTINGS.bucket_name),
+    S3InstanceStore(SETTINGS.bucket_name),
+    Index.for_table(SETTINGS.table_name),
+)
 
 
 def handle(record: SQSRecord) -> None:

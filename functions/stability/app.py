@@ -16,6 +16,7 @@ from dicomweb_core.config import settings
 from dicomweb_core.entry.hooks import sqs_handler
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.hooks.stability import StabilityService
+from dicomweb_core.index.access import Index
 from dicomweb_core.observability import MetricUnit, logger, metrics
 
 SETTINGS = settings()
@@ -23,6 +24,7 @@ QUEUE_URL = os.environ["STABILITY_QUEUE_URL"]
 SERVICE = StabilityService(
     stable_age=timedelta(seconds=int(os.environ["STABLE_AGE_SECONDS"])),
     events=EventPublisher.of(SETTINGS),
+    index=Index.for_table(SETTINGS.table_name),
 )
 SQS = boto3.client("sqs")
 

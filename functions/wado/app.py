@@ -13,6 +13,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from dicomweb_core.config import settings
 from dicomweb_core.entry import stores
 from dicomweb_core.entry.api import api_app, api_handler, respond
+from dicomweb_core.index.access import Index
 from dicomweb_core.observability import MetricUnit, metrics, tracer
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.wado.orders import QueuedBundleOrders
@@ -35,6 +36,7 @@ SERVICES = {
         public_objects=prefix == "",
         orders=ORDERS if prefix == "" else None,
         wait_seconds=WAIT_SECONDS,
+        index=Index.for_table(root.table_name),
     )
     for prefix, root in ROOTS.items()
 }

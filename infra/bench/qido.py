@@ -27,7 +27,8 @@ from moto.backends import get_backend
 
 from dicomweb_core.dicom.instance import ReceivedInstance
 from dicomweb_core.index import items, keys
-from dicomweb_core.index.models import IndexItem, PostingItem, RegistryItem, bind_table
+from dicomweb_core.index.models import IndexItem, PostingItem, RegistryItem
+from dicomweb_core.index.table import use_by_default
 from dicomweb_core.index.write_results import StoredObject, WriteContext
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
@@ -302,7 +303,7 @@ def run(*, quick: bool = False) -> str:
         try:
             table = stack.stack.physical_ids["IndexTable"]
             os.environ["AWS_ENDPOINT_URL"] = stack.moto_url  # the in-process planner reads moto too
-            bind_table(table)
+            use_by_default(table)
             loaded = 0
             all_plans: list[StudyPlan] = []
             for studies, per_study in sizes:

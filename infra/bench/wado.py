@@ -20,7 +20,8 @@ import pydicom
 import requests
 
 from dicomweb_core.config import settings
-from dicomweb_core.index.models import SeriesItem, bind_table
+from dicomweb_core.index.models import SeriesItem
+from dicomweb_core.index.table import use_by_default
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.wado.service import Request, RetrieveService
 from dicomweb_core.web.multipart import split_parts
@@ -127,7 +128,7 @@ def _bench(stack: LocalStack) -> _Bench:
     """The service in-process, reading the runtime's moto, for counting storage reads."""
     wado = stack.template.functions()["WadoFunction"]
     os.environ.update({"AWS_ENDPOINT_URL": stack.moto_url, **stack.stack.function_environment(wado)})
-    bind_table(stack.stack.physical_ids["IndexTable"])
+    use_by_default(stack.stack.physical_ids["IndexTable"])
     settings.cache_clear()
     reader = ObjectReader(settings().bucket_name)
     service = RetrieveService(settings=settings(), reader=reader)

@@ -23,6 +23,7 @@ import numpy
 import pytest
 
 from dicomweb_core import config
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.models import SeriesItem
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.stow.service import StowService
@@ -210,7 +211,7 @@ def test_a_request_is_answered_once_its_body_is_built_within_the_wait(env: Env) 
     env.store(*(big_instance(study, series, n) for n in (1, 2, 3)))
     reader = ObjectReader(env.bucket)
     large = LargeAnswers(
-        reader, public_objects=True, orders=QueuedBundleOrders(env.queue_url), wait_seconds=10
+        reader, Index(), public_objects=True, orders=QueuedBundleOrders(env.queue_url), wait_seconds=10
     )
     service = env.wado.SERVICES[""]
     service.large = large

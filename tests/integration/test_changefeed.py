@@ -24,7 +24,7 @@ from dicomweb_core import config
 from dicomweb_core.changefeed.feed import ChangeFeed
 from dicomweb_core.config import DuplicatePolicy, Settings
 from dicomweb_core.index import writer
-from dicomweb_core.index.models import bind_table
+from dicomweb_core.index.table import use_by_default
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.stow.service import StowService
 from infra.datasets.generate import make_dataset, new_uid, to_part10
@@ -92,7 +92,7 @@ def env(aws: None) -> Iterator[Env]:
     )
     events.put_targets(Rule="stored", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
     yield Env(stack, settings, sqs, queue)
-    bind_table(settings.table_name)
+    use_by_default(settings.table_name)
 
 
 def details(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -448,7 +448,7 @@ def test_research_store_writes_are_announced_with_source_dicomweb_deid(env: Env)
         bucket_name=env.stack.physical_ids["DeidBucket"],
         event_source="dicomweb.deid",
     )
-    bind_table(research.table_name)
+    use_by_default(research.table_name)
     ds = make_dataset(modality="MR")
     stow = StowService.of(research)
     assert [s.sop_instance_uid for s in stow.store_all([memoryview(to_part10(ds))], study=None).stored] == [

@@ -28,7 +28,8 @@ from dicomweb_core import config
 from dicomweb_core.config import Settings
 from dicomweb_core.hooks.deid.pipeline import DeidPipeline, Outcome, Rules
 from dicomweb_core.hooks.deid.profile import Dates, Deidentifier, Options
-from dicomweb_core.index.models import StudyItem, bind_table
+from dicomweb_core.index.models import StudyItem
+from dicomweb_core.index.table import use_by_default
 from dicomweb_core.index.write_results import StoredObject
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
@@ -103,7 +104,7 @@ class DeidEnv:
 
     def store(self, *datasets: Dataset) -> list[dict[str, Any]]:
         """STOW into the primary store; the InstanceStored events DeidRule queued, in order."""
-        bind_table(self.primary.table_name)
+        use_by_default(self.primary.table_name)
         outcome = self.stow.store_all([memoryview(to_part10(ds)) for ds in datasets], study=None)
         assert not outcome.failures, outcome.failures
         events = self.queued()
@@ -137,7 +138,7 @@ class DeidEnv:
         )
 
     def deidentify(self, detail: dict[str, Any], rules: Rules = ALL_MODALITIES) -> Outcome:
-        bind_table(self.research.table_name)
+        use_by_default(self.research.table_name)
         return self.pipeline(rules).process(detail)
 
     def calls_of(self, faults: Faults, request: Callable[[], Any]) -> list[str]:
@@ -160,7 +161,7 @@ class DeidEnv:
     # ------------------------------------------------------------ the research store
     def research_study(self, original_study: str) -> StudyItem | None:
         settle()  # the research store's aggregates, as AggregatesFunction recounts them
-        bind_table(self.research.table_name)
+        use_by_default(self.research.table_name)
         try:
             return StudyItem.get(*StudyItem.key(self.deidentifier.uid(original_study)), consistent_read=True)
         except StudyItem.DoesNotExist:
@@ -168,7 +169,7 @@ class DeidEnv:
 
     def research_sop(self, original_sop: str) -> StoredObject | None:
         """What the research index names for the copy of ``original_sop``."""
-        bind_table(self.research.table_name)
+        use_by_default(self.research.table_name)
         existing = IndexWriter().find(self.deidentifier.uid(original_sop))
         return existing.stored if existing is not None else None
 
@@ -228,7 +229,7 @@ def env(aws: None) -> Iterator[DeidEnv]:
         boto3.client("s3"),
         boto3.client("sqs"),
     )
-    bind_table(primary.table_name)
+    use_by_default(primary.table_name)
 
 
 def test_copy_is_stored_with_new_uids_and_no_phi(env: DeidEnv) -> None:
@@ -261,7 +262,7 @@ def test_copy_is_stored_with_new_uids_and_no_phi(env: DeidEnv) -> None:
         json.dumps(env.research_index_items()).encode(), also=original_uids(ds), where="the research index"
     )
     # And the primary copy is untouched
-    bind_table(env.primary.table_name)
+    use_by_default(env.primary.table_name)
     primary = IndexWriter().find(ds.SOPInstanceUID)
     assert primary is not None
     original = env.s3.get_object(
@@ -430,7 +431,7 @@ def deidentify(env: DeidEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[Module
         monkeypatch.setenv(name, value)
     config.settings.cache_clear()
     module = load_handler("DeidentifyFunction")
-    bind_table(env.research.table_name)  # TABLE_NAME names DeidTable in this function
+    use_by_default(env.research.table_name)  # TABLE_NAME names DeidTable in this function
     yield module
     config.settings.cache_clear()
 
@@ -452,7 +453,7 @@ def test_handler_reports_only_the_record_whose_source_is_missing(
     }
     batch = {"Records": [sqs_record("good", event), sqs_record("missing", missing)]}
     # When the handler runs on the batch
-    bind_table(env.research.table_name)
+    use_by_default(env.research.table_name)
     response = deidentify.handler(batch, LambdaContext("DeidentifyFunction"))
     # Then only the missing one is reported as failed, and the good one is in the research store
     assert response == {"batchItemFailures": [{"itemIdentifier": "missing"}]}
@@ -468,7 +469,7 @@ def test_handler_succeeds_for_a_good_batch(env: DeidEnv, deidentify: ModuleType)
     (detail,) = env.store(ds)
     event = {"version": "0", "source": "dicomweb", "detail-type": "InstanceStored", "detail": detail}
     # When the handler runs
-    bind_table(env.research.table_name)
+    use_by_default(env.research.table_name)
     response = deidentify.handler(
         {"Records": [sqs_record("only", event)]}, LambdaContext("DeidentifyFunction")
     )
@@ -500,7 +501,7 @@ def test_deidentification_survives_any_fault_at_any_step(env: DeidEnv, faults: F
             # Then the research store holds exactly the deterministic copy, intact
             copy = env.research_copy(ds.SOPInstanceUID)
             acknowledged[copy.SOPInstanceUID] = [env.expected_copy(detail)]
-            bind_table(env.research.table_name)
+            use_by_default(env.research.table_name)
             check(env.s3, env.research.bucket_name, acknowledged=acknowledged, leaks=leaks)
 
 

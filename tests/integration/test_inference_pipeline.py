@@ -31,8 +31,8 @@ from dicomweb_core.hooks.inference.model import (
 )
 from dicomweb_core.hooks.inference.pipeline import InferenceFailed, InferencePipeline
 from dicomweb_core.hooks.inference.reference import CtBodyMaskModel
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.models import InferenceRunItem, InstanceItem, SeriesItem, StudyItem
-from dicomweb_core.index.reader import series_of
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.stow.service import StowService
 from infra.datasets import synthetic_ct
@@ -130,7 +130,7 @@ class InferenceEnv:
         """Stored instances of the study by SOP Class, read back from S3."""
         reader = ObjectReader(self.stow.settings.bucket_name)
         found: dict[str, list[Dataset]] = {}
-        for series in series_of(study):
+        for series in Index().series_of(study):
             for item in InstanceItem.query(
                 series.pk, InstanceItem.sk.startswith(f"INSTANCE#{series.series_uid}#")
             ):

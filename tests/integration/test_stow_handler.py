@@ -15,7 +15,8 @@ from dicomweb_client import DICOMwebClient
 from pydicom import dcmread
 
 from dicomweb_core import config
-from dicomweb_core.index.models import StudyItem, bind_table, index_projection, key_schema, secondary_indexes
+from dicomweb_core.index.models import StudyItem, index_projection, key_schema, secondary_indexes
+from dicomweb_core.index.table import use_by_default
 from infra.datasets.generate import make_dataset, to_part10
 from infra.local.provision import provision
 from infra.samtemplate import REPO_ROOT, load_template
@@ -31,7 +32,7 @@ def stow(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     spec = load_template().functions()["StowFunction"]
     for name, value in stack.function_environment(spec).items():
         monkeypatch.setenv(name, value)
-    bind_table(stack.physical_ids["IndexTable"])
+    use_by_default(stack.physical_ids["IndexTable"])
     config.settings.cache_clear()
     yield load_handler("StowFunction")
     config.settings.cache_clear()

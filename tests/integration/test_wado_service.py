@@ -48,7 +48,8 @@ from dicomweb_core.dicom.frames import MAX_READ_GAP
 from dicomweb_core.dicom.instance import ReceivedInstance, read_instance
 from dicomweb_core.errors import PayloadTooLarge
 from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder
-from dicomweb_core.index.models import InstanceItem, SeriesItem, bind_table
+from dicomweb_core.index.models import InstanceItem, SeriesItem
+from dicomweb_core.index.table import use_by_default
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.storage import ObjectReader, S3InstanceStore
 from dicomweb_core.stow.service import StowService
@@ -314,7 +315,7 @@ def world() -> Iterator[World]:
         for name, value in stack.function_environment(load_template().functions()["WadoFunction"]).items():
             patch.setenv(name, value)
         patch.setenv("BUNDLE_WAIT_SECONDS", "0")  # the test builds what was ordered, then asks again
-        bind_table(stack.physical_ids["IndexTable"])
+        use_by_default(stack.physical_ids["IndexTable"])
         config.settings.cache_clear()
         settings = Settings(
             table_name=stack.physical_ids["IndexTable"],

@@ -33,6 +33,7 @@ from dicomweb_core.errors import Gone
 from dicomweb_core.events import EventPublisher
 from dicomweb_core.hooks.series_metadata import SeriesMetadataBuilder
 from dicomweb_core.index import writer
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.models import IndexItem, InstanceItem, SeriesItem, SopItem, study_pk
 from dicomweb_core.index.writer import CLAIM_GRACE, IndexWriter
 from dicomweb_core.qido.attributes import Level
@@ -544,4 +545,4 @@ def test_the_series_metadata_hook_survives_any_fault_at_any_step(env: Env, fault
             assert builder.build(study, series, version) in ("built", "exists"), (fault, step, operation)
             item = SeriesItem.get(*SeriesItem.key(study, series), consistent_read=True)
             assert item.metadata_version == version
-            assert cached(reader, item) == assemble(reader, study, series)
+            assert cached(reader, item) == assemble(reader, Index(), study, series)

@@ -40,7 +40,7 @@ from hypothesis.errors import InvalidArgument
 from moto import mock_aws
 
 from dicomweb_core import audit, config, observability
-from dicomweb_core.index.models import IndexItem, bind_table
+from dicomweb_core.index.table import use_by_default
 from infra.datasets.generate import make_dataset, to_part10
 from infra.local.moto_atomic import serialise_dynamodb
 from infra.local.provision import provision
@@ -151,10 +151,6 @@ class Deployment:
         request, routed = payload_v2_event(method, raw_path, query=query, headers=headers, body=body)
         name = function or routed
         module = self.handlers[name]
-        # Each function has its own process in Lambda; here they share the index binding,
-        # which QIDO and WADO move to /deid's table: start every request on the primary one.
-        if IndexItem.Meta.table_name != self.table:
-            bind_table(self.table)
         before = len(self.watch.keys)
         response = module.handler(request, LambdaContext(name))
         observability.metrics.clear_metrics()  # metrics are disabled in tests; they would pile up
@@ -287,7 +283,7 @@ def _deploy(patch: pytest.MonkeyPatch) -> Deployment:
                 patch.setenv(name, value)
         patch.delenv("AUDIT_LOG_GROUP", raising=False)  # audit records go to the function log
         audit.sink.cache_clear()
-        bind_table(stack.physical_ids["IndexTable"])
+        use_by_default(stack.physical_ids["IndexTable"])
         config.settings.cache_clear()
         handlers = {function: load_handler(function) for function in FUNCTIONS}
         watch = S3Watch()

@@ -19,8 +19,8 @@ from typing import Any
 from dicomweb_core.audit.message import Subject
 from dicomweb_core.audit.requests import http_message
 from dicomweb_core.audit.sinks import emit
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.keys import first_value
-from dicomweb_core.index.models import StudyItem
 from dicomweb_core.observability import logger
 
 # The objects the current invocation noted: emptied before and restored after each by audited.
@@ -33,17 +33,20 @@ def note(subject: Subject) -> None:
         _noted.set((*_noted.get(), subject))
 
 
+_INDEX = Index()  # the function's own table (TABLE_NAME)
+
+
 def _patient_of(study: str) -> str | None:
     """PatientID (0010,0020) of a study in the primary store's index (None when unknown).
 
     A failed read is logged and answered with None: the record is written without the
     patient ID rather than not at all."""
     try:
-        item = StudyItem.get(*StudyItem.key(study))
-    except StudyItem.DoesNotExist:
-        return None
+        item = _INDEX.find_study(study, consistent=False)
     except Exception:  # the record is written without it rather than not at all
         logger.exception("audit: the study's patient ID could not be read")
+        return None
+    if item is None:
         return None
     value = first_value(json.loads(item.dicom_json), "00100020")
     return str(value) if value else None

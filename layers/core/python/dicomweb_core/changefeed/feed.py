@@ -21,15 +21,14 @@ from typing import TYPE_CHECKING, Any
 import boto3
 
 from dicomweb_core.changefeed.detail import instance_stored
-from dicomweb_core.changefeed.records import MODALITY_ATTRIBUTE, committed_write
+from dicomweb_core.changefeed.records import committed_write
 from dicomweb_core.config import ConfigurationError
 from dicomweb_core.events import INSTANCE_STORED
-from dicomweb_core.index.models import IndexItem, SeriesItem
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.stream import StreamRecord, UnreadableRecord
 from dicomweb_core.observability import logger
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_events import EventBridgeClient
 
 TABLES_VARIABLE = "CHANGE_FEED_TABLES"
@@ -82,23 +81,14 @@ class SeriesModalities:
     in or before the transaction that committed the instance. A series deleted since has
     none ('')."""
 
-    def __init__(self, client: Any = None) -> None:
-        self._client = client
-
-    @cached_property
-    def client(self) -> DynamoDBClient:
-        return self._client or boto3.client("dynamodb")
+    def __init__(self) -> None:
+        self._indexes: dict[str, Index] = {}
 
     def __call__(self, table: str, study: str, series: str) -> str:
-        pk, sk = SeriesItem.key(study, series)
-        found = self.client.get_item(
-            TableName=table,
-            Key={IndexItem.pk.attr_name: {"S": pk}, IndexItem.sk.attr_name: {"S": sk}},
-            ConsistentRead=True,
-            ProjectionExpression="#modality",
-            ExpressionAttributeNames={"#modality": MODALITY_ATTRIBUTE},
-        )
-        return str(found.get("Item", {}).get(MODALITY_ATTRIBUTE, {}).get("S", ""))
+        if table not in self._indexes:
+            self._indexes[table] = Index.for_table(table)
+        found = self._indexes[table].find_series(study, series)
+        return (found.modality or "") if found is not None else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,6 @@ from typing import Any
 from dicomweb_core.index.models import IndexItem, InstanceItem
 from dicomweb_core.index.stream import INSERT, MODIFY, StreamRecord, UnreadableRecord
 
-MODALITY_ATTRIBUTE = "modality"  # as the series item names it
 _INSTANCE_KIND = IndexItem.kind.get_discriminator(InstanceItem)
 
 

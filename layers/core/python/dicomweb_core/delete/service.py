@@ -33,15 +33,12 @@ from functools import cached_property
 from typing import Any
 
 import boto3
-from pynamodb.connection import Connection
-from pynamodb.exceptions import TransactWriteError
-from pynamodb.transactions import TransactWrite
 
 from dicomweb_core.errors import Gone, NotFound
 from dicomweb_core.events import STUDY_DELETED, EventPublisher
 from dicomweb_core.index import keys
-from dicomweb_core.index.models import DeletedStudyItem, IndexItem, InstanceItem, SopItem, StudyItem, study_pk
-from dicomweb_core.index.reader import tombstone as _tombstone
+from dicomweb_core.index.access import Index
+from dicomweb_core.index.deletions import StudyDeletions
 
 _OBJECT_PREFIXES = (
     "studies/{study}/",
@@ -59,74 +56,39 @@ class DeletedStudy:
 
 
 class DeleteService:
-    def __init__(self, *, bucket: str, events: EventPublisher, client: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        events: EventPublisher,
+        client: Any = None,
+        index: Index | None = None,
+        deletions: StudyDeletions | None = None,
+    ) -> None:
         self.bucket = bucket
         self.events = events
         self._client = client
+        self.index = index if index is not None else Index()
+        self.deletions = deletions if deletions is not None else StudyDeletions()
 
     @cached_property
     def client(self) -> Any:
         return self._client or boto3.client("s3")
 
     def delete_study(self, study: str) -> DeletedStudy:
-        started = datetime.now(UTC)
-        if not self._mark(study, started):
-            if _tombstone(study) is not None:
+        if not self.deletions.begin(study, datetime.now(UTC)):
+            if self.index.tombstone(study) is not None:
                 self._delete_objects(study)  # finish an interrupted delete
                 raise Gone("The study was deleted.")
             raise NotFound("No such study.")
-        items = list(IndexItem.query(study_pk(study), consistent_read=True))
-        study_item = next((i for i in items if isinstance(i, StudyItem)), None)
-        instances = [i for i in items if isinstance(i, InstanceItem)]
-        patient = keys.first_value(json.loads(study_item.dicom_json), "00100020") if study_item else None
-        with IndexItem.batch_write() as batch:
-            for instance in instances:
-                batch.delete(SopItem(*SopItem.key(instance.sop_uid)))
-            for item in items:
-                if not isinstance(item, DeletedStudyItem | StudyItem):
-                    batch.delete(item)
+        removed = self.deletions.remove_entries(study)
+        patient = (
+            keys.first_value(json.loads(removed.study.dicom_json), keys.PATIENT_ID) if removed.study else None
+        )
         self._delete_objects(study)
-        with TransactWrite(connection=self._connection) as tx:
-            tx.delete(StudyItem(*StudyItem.key(study)), condition=StudyItem.deleting.exists())
-            tx.update(
-                DeletedStudyItem(*DeletedStudyItem.key(study)),
-                actions=[
-                    DeletedStudyItem.instance_count.set(len(instances)),
-                    DeletedStudyItem.deleting.remove(),
-                ],
-            )
-        self.events.publish(STUDY_DELETED, [{"studyInstanceUID": study, "instances": len(instances)}])
-        return DeletedStudy(study, str(patient) if patient else None, len(instances))
-
-    def _mark(self, study: str, started: datetime) -> bool:
-        """Step 1: the study is being deleted. False when there is no study item."""
-        try:
-            with TransactWrite(connection=self._connection) as tx:
-                tx.update(
-                    StudyItem(*StudyItem.key(study)),
-                    # an interrupted DELETE keeps its start: writes since then stay refused
-                    actions=[StudyItem.deleting.set(StudyItem.deleting | started)],
-                    condition=StudyItem.pk.exists(),
-                )
-                tx.update(
-                    DeletedStudyItem(*DeletedStudyItem.key(study)),
-                    actions=[
-                        DeletedStudyItem.study_uid.set(study),
-                        DeletedStudyItem.kind.set(DeletedStudyItem),
-                        DeletedStudyItem.deletions.add(1),
-                        DeletedStudyItem.deleting.set(DeletedStudyItem.deleting | started),
-                        DeletedStudyItem.updated_at.set(started),
-                    ],
-                )
-        except TransactWriteError as exc:
-            if any(r is not None and r.code == "ConditionalCheckFailed" for r in exc.cancellation_reasons):
-                return False
-            raise
-        return True
-
-    @cached_property
-    def _connection(self) -> Connection:
-        return Connection(region=IndexItem.Meta.region)
+        self.deletions.finish(study, len(removed.instances))
+        self.events.publish(STUDY_DELETED, [{"studyInstanceUID": study, "instances": len(removed.instances)}])
+        return DeletedStudy(study, str(patient) if patient else None, len(removed.instances))
 
     def _delete_objects(self, study: str) -> None:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -1,7 +1,7 @@
 """The store a request reads: its bucket and index table, chosen by its path's root.
 
-A Lambda environment serves one request at a time, so the index models are bound to the
-chosen root's table for the request (``index.models.bind_table``).
+Each root's services are built once per process with that root's bucket and
+:class:`~dicomweb_core.index.table.IndexTable`; choosing a root binds nothing globally.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from dicomweb_core.config import Settings
 from dicomweb_core.errors import NotFound
-from dicomweb_core.index.models import IndexItem, bind_table
+from dicomweb_core.index.table import IndexTable
 from dicomweb_core.web.roots import DEID_PREFIX, store_prefix
 
 
@@ -29,6 +29,10 @@ class StoreRoot:
         """The DICOMweb path below this root."""
         return raw_path[len(self.prefix) :] or "/"
 
+    @property
+    def index(self) -> IndexTable:
+        return IndexTable(self.table_name)
+
 
 def roots(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, StoreRoot]:
     found = {"": StoreRoot("", settings.table_name, settings.bucket_name)}
@@ -38,10 +42,8 @@ def roots(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[s
 
 
 def select(available: Mapping[str, StoreRoot], raw_path: str) -> StoreRoot:
-    """The root a path belongs to, with the index bound to its table."""
+    """The root a path belongs to."""
     root = available.get(store_prefix(raw_path))
     if root is None:
         raise NotFound("No such DICOMweb root.")
-    if IndexItem.Meta.table_name != root.table_name:
-        bind_table(root.table_name)
     return root

@@ -13,10 +13,10 @@ answered from the per-instance documents directly, and the answer is the same.
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.models import SeriesItem
-from dicomweb_core.index.versions import at_version, record_version
 from dicomweb_core.storage import InstanceStore, ObjectReader, series_metadata_key
 from dicomweb_core.wado.prebuilt import assemble
 
@@ -29,15 +29,16 @@ class SeriesMetadataBuilder:
 
     reader: ObjectReader
     store: InstanceStore
+    index: Index = field(default_factory=Index)
 
     def build(self, study: str, series: str, version: str) -> str:
         """``built``, ``exists`` (already written) or ``changed`` (a newer version is coming)."""
-        current = at_version(SeriesItem, SeriesItem.key(study, series), version)
+        current = self.index.at_version(SeriesItem, SeriesItem.key(study, series), version)
         if current is None:
             return "changed"
         if current.metadata_version == version:
             return "exists"
-        body = gzip.compress(assemble(self.reader, study, series).encode(), 6)
+        body = gzip.compress(assemble(self.reader, self.index, study, series).encode(), 6)
         self.store.put_document(series_metadata_key(study, series, version), body, content_type=DICOM_JSON)
         # announced only while it is still the current version
-        return "built" if record_version(current, SeriesItem.metadata_version) else "changed"
+        return "built" if self.index.record_version(current, "metadata_version") else "changed"

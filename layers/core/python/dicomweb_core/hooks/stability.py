@@ -17,7 +17,9 @@ the series is read from the index:
 
 A study is stable when each of its series is announced at its current version and the
 study has been quiet for the stable age; ``StudyStable`` is recorded and published the
-same way, at most once per study version.
+same way, at most once per study version. A publish that fails withdraws its record (and,
+for ``StudyStable``, the series' that led to it), so the message's redelivery announces
+again: consumers get each announcement at least once and key their work on the version.
 """
 
 from __future__ import annotations
@@ -28,14 +30,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pynamodb.exceptions import UpdateError
-
 from dicomweb_core.dicom.uid import validate_uid
 from dicomweb_core.events import SERIES_STABLE, STUDY_STABLE, EventPublisher
 from dicomweb_core.index import keys
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.models import SeriesItem, StudyItem
-from dicomweb_core.index.reader import series_of
-from dicomweb_core.index.versions import record_version
 from dicomweb_core.observability import logger
 
 # EventBridge stamps events with a whole-second time: an instance stored within the same
@@ -60,10 +59,12 @@ class StabilityService:
         stable_age: timedelta,
         events: EventPublisher,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        index: Index | None = None,
     ) -> None:
         self.stable_age = stable_age
         self.events = events
         self.clock = clock
+        self.index = index if index is not None else Index()
 
     def observe(self, event: Mapping[str, Any]) -> Observation:
         """Handle one ``InstanceStored`` EventBridge event that has waited the stable age."""
@@ -71,9 +72,8 @@ class StabilityService:
         study = validate_uid(detail["studyInstanceUID"], name="StudyInstanceUID")
         series_uid = validate_uid(detail["seriesInstanceUID"], name="SeriesInstanceUID")
         event_time = _parse_time(event.get("time"))
-        try:
-            series = SeriesItem.get(*SeriesItem.key(study, series_uid), consistent_read=True)
-        except SeriesItem.DoesNotExist:
+        series = self.index.find_series(study, series_uid)
+        if series is None:
             return Observation("unknown-series")  # deleted since; nothing to announce
         if series.stable_version == series.version:
             return Observation("announced")
@@ -84,46 +84,49 @@ class StabilityService:
         if quiet < self.stable_age:
             remaining = self.stable_age - quiet
             return Observation("not-yet", retry_after=max(1, int(remaining.total_seconds() + 0.999)))
-        if not _record_announced(series, SeriesItem.stable_version):
-            return Observation("announced")
+        if not self.index.record_version(series, "stable_version", once=True):
+            return Observation("announced")  # another message announced it first
         published = [SERIES_STABLE]
-        self._publish(SERIES_STABLE, _series_detail(series, detail), undo=(series, SeriesItem))
-        if self._announce_study(study):
-            published.append(STUDY_STABLE)
+        self._publish(SERIES_STABLE, _series_detail(series, detail), announced=series)
+        try:
+            if self._announce_study(study):
+                published.append(STUDY_STABLE)
+        except Exception:
+            # The redelivered message must get this far again, or the study would never be
+            # announced: it announces the series a second time (at least once, by version).
+            self.index.withdraw_version(series, "stable_version")
+            raise
         return Observation("stable", published=tuple(published))
 
     # ------------------------------------------------------------------ study
     def _announce_study(self, study_uid: str) -> bool:
-        try:
-            study = StudyItem.get(*StudyItem.key(study_uid), consistent_read=True)
-        except StudyItem.DoesNotExist:
+        study = self.index.find_study(study_uid)
+        if study is None:
             return False
         if study.stable_version == study.version:
             return False
         changed_at = study.updated_at or datetime.min.replace(tzinfo=UTC)
         if self.clock() - changed_at < self.stable_age:
             return False
-        all_series = series_of(study_uid)
+        all_series = self.index.series_of(study_uid)
         if not all_series or any(s.stable_version != s.version for s in all_series):
             return False  # the last series to become stable announces the study
-        if not _record_announced(study, StudyItem.stable_version):
+        if not self.index.record_version(study, "stable_version", once=True):
             return False
-        self._publish(STUDY_STABLE, _study_detail(study, all_series), undo=(study, StudyItem))
+        self._publish(STUDY_STABLE, _study_detail(study, all_series), announced=study)
         return True
 
     # ---------------------------------------------------------------- helpers
-    def _publish(self, detail_type: str, detail: dict[str, Any], *, undo: tuple[Any, Any]) -> None:
+    def _publish(
+        self, detail_type: str, detail: dict[str, Any], *, announced: SeriesItem | StudyItem
+    ) -> None:
         """Publish; on failure withdraw the record so the retried message announces again."""
         try:
             self.events.publish(detail_type, [detail])
         except Exception:
-            item, model = undo
             try:
-                item.update(
-                    actions=[model.stable_version.remove()],
-                    condition=model.stable_version == item.version,
-                )
-            except UpdateError:
+                self.index.withdraw_version(announced, "stable_version")
+            except Exception:
                 logger.exception("could not withdraw a stability record", extra={"type": detail_type})
             raise
         logger.info(detail_type, extra={k: v for k, v in detail.items() if k.endswith("UID")})
@@ -160,9 +163,3 @@ def _parse_time(value: object) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _record_announced(item: SeriesItem | StudyItem, stable: Any) -> bool:
-    """Record ``item.version`` as announced, if nothing changed since it was read and no
-    other message announced it first."""
-    return record_version(item, stable, unless=stable.does_not_exist() | (stable != item.version))

@@ -36,10 +36,12 @@ from pynamodb.attributes import (
     UnicodeSetAttribute,
     UTCDateTimeAttribute,
 )
+from pynamodb.connection import TableConnection
 from pynamodb.indexes import GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
-DEFAULT_TABLE_NAME = "dicomweb-index"
+from dicomweb_core.index.table import TableNameFromContext, connection_for
+
 GSI_COUNT = 8
 
 
@@ -82,8 +84,7 @@ def _gsi(number: int) -> type[GlobalSecondaryIndex[Any]]:
 class IndexItem(Model):
     """Common key schema, kind and secondary-index attributes of every item."""
 
-    class Meta:
-        table_name = os.environ.get("TABLE_NAME", DEFAULT_TABLE_NAME)
+    class Meta(metaclass=TableNameFromContext):  # table_name: the table bound here (index.table)
         region = _region()
 
     pk = UnicodeAttribute(hash_key=True)
@@ -113,6 +114,13 @@ class IndexItem(Model):
     g6 = _gsi(6)()
     g7 = _gsi(7)()
     g8 = _gsi(8)()
+
+    @classmethod
+    def _get_connection(cls) -> TableConnection:
+        """One connection per table for every model (pynamodb keeps one per model class and
+        makes a new one whenever the class's table name changes)."""
+        cls._connection = None
+        return connection_for(cls.Meta.table_name, super()._get_connection)  # type: ignore[no-any-return]
 
 
 def content_version(count: object, updated_at: datetime | None) -> str:
@@ -276,18 +284,6 @@ def uids_from_keys(item: IndexItem) -> IndexItem:
     elif isinstance(item, InstanceItem):
         item.series_uid, item.sop_uid = item.sk.removeprefix("INSTANCE#").split("#")
     return item
-
-
-def bind_table(table_name: str, *, region: str | None = None) -> None:
-    """Point every model at ``table_name`` (tests and the local runtime call this)."""
-    models: tuple[type[IndexItem], ...] = (IndexItem, *MODELS)
-    for model in models:
-        model.Meta.table_name = table_name
-        if region:
-            model.Meta.region = region
-        model._connection = None
-    for number in range(1, GSI_COUNT + 1):
-        getattr(IndexItem, f"g{number}")._connection = None
 
 
 def key_schema() -> dict[str, Any]:

@@ -39,12 +39,14 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from typing import Any
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.connection import Connection
 from pynamodb.exceptions import DeleteError, PutError, TransactWriteError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
+from pynamodb.pagination import PageIterator
 from pynamodb.transactions import TransactWrite
 
 from dicomweb_core.dicom.instance import ReceivedInstance
@@ -69,6 +71,7 @@ from dicomweb_core.index.models import (
     SopItem,
     StudyItem,
 )
+from dicomweb_core.index.table import IndexTable, on_own_table
 from dicomweb_core.index.write_results import (
     AlreadyIndexed,
     AttributesChanged,
@@ -95,15 +98,17 @@ def _now() -> datetime:
 
 
 class IndexWriter:
-    """Writes and reads the items one stored instance owns."""
+    """Writes and reads the items one stored instance owns, in one store's index table."""
 
-    def __init__(self) -> None:
+    def __init__(self, table: IndexTable | None = None) -> None:
+        self.table = table or IndexTable()
         self._registered: dict[str, set[str]] = {}
 
     @cached_property
     def _connection(self) -> Connection:
         return Connection(region=IndexItem.Meta.region)
 
+    @on_own_table
     def find(self, sop_uid: str) -> ExistingInstance | None:
         """The stored instance with this SOP Instance UID, read with strong consistency
         (its claim, then the instance item at the claimed place)."""
@@ -129,6 +134,7 @@ class IndexWriter:
             return None
         return _existing(item)
 
+    @on_own_table
     def prior(self, instance: ReceivedInstance) -> Prior:
         """Before a write, in one strongly consistent BatchGetItem: the SOP claim and the
         instance item at this instance's place, the study's DELETE count, and whether the
@@ -138,6 +144,7 @@ class IndexWriter:
         Raises :class:`StudyDeleted` while a DELETE of the study is under way."""
         return self._prior_from(instance, self._read(_prior_keys(instance)))
 
+    @on_own_table
     def priors(self, instances: Sequence[ReceivedInstance]) -> list[Prior | WriteRefused]:
         """:meth:`prior` of several instances (a request's), from one BatchGetItem of their
         items together (the study's and series' items and tombstone read once); a refusal
@@ -173,6 +180,7 @@ class IndexWriter:
     def _read(item_keys: list[tuple[str, str]]) -> dict[tuple[str, str], IndexItem]:
         return {(i.pk, i.sk): i for i in IndexItem.batch_get(item_keys, consistent_read=True)}
 
+    @on_own_table
     def add(
         self,
         instance: ReceivedInstance,
@@ -278,6 +286,7 @@ class IndexWriter:
             condition = _unchanged(current)
         raise IndexContention(f"could not claim {instance.sop_instance_uid} after {MAX_ATTEMPTS} attempts")
 
+    @on_own_table
     def release_unused_claim(self, claim: SopItem) -> bool:
         """Remove ``claim`` if no instance item is at the place it names and it is unchanged
         since it was read (reconciliation, for claims older than :data:`CLAIM_GRACE`)."""
@@ -295,6 +304,7 @@ class IndexWriter:
             & (SopItem.series_uid == instance.series_instance_uid),
         )
 
+    @on_own_table
     def fence(self, commits: Sequence[Unfenced]) -> list[Unfenced]:
         """The DELETE fence of writes committed into existing series: has a DELETE of a
         study begun since a write's ``deletions`` was read? Then that write's items are
@@ -306,7 +316,7 @@ class IndexWriter:
         for commit in commits:
             by_study.setdefault(commit.instance.study_instance_uid, []).append(commit)
         for study, group in by_study.items():
-            tombstone = self._tombstone(study)
+            tombstone = self.tombstone(study)
             for commit in group:
                 if tombstone is None and commit.deletions == 0:
                     continue
@@ -325,14 +335,20 @@ class IndexWriter:
                 refused.append(commit)
         return refused
 
-    @staticmethod
-    def _tombstone(study: str) -> DeletedStudyItem | None:
+    @on_own_table
+    def entry_pages(self, after: dict[str, Any] | None, *, page_size: int) -> PageIterator[Any]:
+        """The pages of a Scan of every instance item and SOP claim, from ``after`` (a Scan
+        key), for reconciliation. The Scan's connection is fixed when it is made, so its
+        later pages read this table too."""
+        return IndexItem.scan(
+            IndexItem.kind.is_in(InstanceItem, SopItem), last_evaluated_key=after, page_size=page_size
+        ).page_iter
+
+    @on_own_table
+    def tombstone(self, study: str) -> DeletedStudyItem | None:
+        """The study's tombstone, read with strong consistency (None: never deleted)."""
         try:
-            return DeletedStudyItem.get(
-                *DeletedStudyItem.key(study),
-                consistent_read=True,
-                attributes_to_get=["pk", "sk", "kind", "deleting", "deletions"],
-            )
+            return DeletedStudyItem.get(*DeletedStudyItem.key(study), consistent_read=True)
         except DeletedStudyItem.DoesNotExist:
             return None
 
@@ -371,6 +387,7 @@ class IndexWriter:
         RegistryItem(*RegistryItem.key(name)).update(actions=[RegistryItem.values.add({value})])
         self._registered[name].add(value)
 
+    @on_own_table
     def replace(
         self,
         instance: ReceivedInstance,

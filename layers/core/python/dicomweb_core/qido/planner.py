@@ -13,12 +13,12 @@ from typing import Any
 
 from dicomweb_core.errors import PayloadTooLarge
 from dicomweb_core.index import keys
+from dicomweb_core.index.access import instance_order, series_order
 from dicomweb_core.index.items import MODALITY_COMBOS, PPS_MONTHS, STUDY_MONTHS
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.normalize import person_name, words
-from dicomweb_core.index.reader import instance_order, series_order
+from dicomweb_core.index.search_reads import IndexReads
 from dicomweb_core.qido.attributes import Level
-from dicomweb_core.qido.index_reads import IndexReads
 from dicomweb_core.qido.query import MatchKind, QidoQuery
 from dicomweb_core.qido.view import MODALITIES_IN_STUDY, Entity, Parents, view
 

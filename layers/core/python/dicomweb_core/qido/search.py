@@ -2,7 +2,7 @@
 
 The planner (:mod:`~dicomweb_core.qido.planner`) picks one *driving* key per search — the
 most selective one the index can serve — and streams candidate items from its GSI,
-postings or partition (:mod:`~dicomweb_core.qido.index_reads`) in a deterministic order.
+postings or partition (:mod:`~dicomweb_core.index.search_reads`) in a deterministic order.
 Every candidate is then matched against all keys
 (:mod:`dicomweb_core.qido.matching`), then ``offset`` and ``limit`` apply. Items read
 are counted, so the benchmark can report read amplification, and a search that would
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from dicomweb_core.qido.index_reads import DEFAULT_READ_BUDGET, IndexReads, ReadStats
+from dicomweb_core.index.search_reads import DEFAULT_READ_BUDGET, IndexReads, ReadStats
+from dicomweb_core.index.table import IndexTable
 from dicomweb_core.qido.matching import matches_all
 from dicomweb_core.qido.planner import Planner
 from dicomweb_core.qido.query import MAX_LIMIT, QidoQuery
@@ -37,7 +38,16 @@ class SearchResult:
     views: list[dict[str, Any]] = field(default_factory=list)  # each match's attributes, merged
 
 
-def search(query: QidoQuery, *, budget: int = DEFAULT_READ_BUDGET) -> SearchResult:
+def search(
+    query: QidoQuery, *, table: IndexTable | None = None, budget: int = DEFAULT_READ_BUDGET
+) -> SearchResult:
+    """Plan, read and match: every read of the search goes to ``table`` (the process's
+    default table when None)."""
+    with (table or IndexTable()).bound():
+        return _search(query, budget)
+
+
+def _search(query: QidoQuery, budget: int) -> SearchResult:
     stats = ReadStats(budget=budget)
     warnings = []
     limit = query.limit or MAX_LIMIT

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from dicomweb_core.index.table import IndexTable
 from dicomweb_core.observability import MetricUnit, metrics
 from dicomweb_core.qido.attributes import Level
 from dicomweb_core.qido.query import parse_query
@@ -36,7 +37,7 @@ class SearchRequest:
     series: str | None = None
 
 
-def search_reply(request: SearchRequest) -> Reply:
+def search_reply(request: SearchRequest, table: IndexTable | None = None) -> Reply:
     """The matches as DICOM JSON (an array) or multipart DICOM XML (PS3.18 §10.6.3).
 
     No match is ``200`` with an empty result: ``[]`` in JSON, a zero-length payload in XML
@@ -47,7 +48,7 @@ def search_reply(request: SearchRequest) -> Reply:
     scope = DicomWebURI(request.base_url, study=request.study, series=request.series)  # validates UIDs
     chosen = negotiate(request.accept, [JSON_OFFER, XML_OFFER, PLAIN_JSON_OFFER], query=request.parameters)
     query = parse_query(request.level, request.query_string, study=scope.study, series=scope.series)
-    found = search(query)
+    found = search(query, table=table)
     metrics.add_metric("QidoResults", MetricUnit.Count, len(found.matches))
     metrics.add_metric("QidoItemsRead", MetricUnit.Count, found.reads.items)
     warnings = [warning_value(w) for w in found.warnings]

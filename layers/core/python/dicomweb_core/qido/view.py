@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
-from dicomweb_core.qido.index_reads import IndexReads
+from dicomweb_core.index.search_reads import IndexReads
 
 MODALITIES_IN_STUDY = "00080061"
 Entity = StudyItem | SeriesItem | InstanceItem

@@ -59,9 +59,7 @@ class IndexEntriesPass:
     ) -> dict[str, Any] | None:
         """Check entries from ``after`` (a Scan key) until ``budget`` items were read or
         ``stop()``; return the key to go on from, or None when the Scan reached the end."""
-        pages = IndexItem.scan(
-            IndexItem.kind.is_in(InstanceItem, SopItem), last_evaluated_key=after, page_size=_PAGE
-        ).page_iter
+        pages = self.index.entry_pages(after, page_size=_PAGE)
         read = 0
         for page in pages:
             items = page.get("Items", [])

@@ -19,6 +19,7 @@ from typing import Any
 import boto3
 
 from dicomweb_core.config import Settings
+from dicomweb_core.index.table import IndexTable
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.reconcile.cursor import Cursor, CursorStore
 from dicomweb_core.reconcile.index_entries import IndexEntriesPass
@@ -47,7 +48,7 @@ class Reconciler:
     ) -> Reconciler:
         """The job wired to the settings' bucket, index and bus, storing through STOW-RS's code."""
         s3 = client or boto3.client("s3")
-        index = IndexWriter()
+        index = IndexWriter(IndexTable(settings.table_name))
         store = S3InstanceStore(settings.bucket_name, client=s3)
         stow = StowService.of(settings)
         return cls(

@@ -30,7 +30,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from dicomweb_core.dicom.uid import is_valid_uid
-from dicomweb_core.index.reader import tombstone
 from dicomweb_core.index.writer import IndexWriter
 from dicomweb_core.observability import logger
 from dicomweb_core.reconcile.report import Finding, Report
@@ -159,7 +158,7 @@ class ObjectsPass:
     def _left_to_delete(self, study: str, last_modified: datetime) -> bool:
         """Is the study being deleted, or was the object written before its last DELETE
         began (or within the grace period after, by a write that started before it)?"""
-        deleted = tombstone(study)
+        deleted = self.index.tombstone(study)
         if deleted is None:
             return False
         if deleted.deleting is not None or deleted.updated_at is None:

@@ -39,9 +39,9 @@ from pydicom.uid import UID
 from dicomweb_core.dicom import codecs, pixels
 from dicomweb_core.dicom.pixels import InstancePixels
 from dicomweb_core.errors import NotAcceptable, PayloadTooLarge
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.keys import first_value
 from dicomweb_core.index.models import InstanceItem
-from dicomweb_core.index.reader import instances_of, series_item, study_item
 from dicomweb_core.observability import MetricUnit, metrics
 from dicomweb_core.render import pipeline, selection
 from dicomweb_core.render.images import RenderedType, encode, picture
@@ -76,9 +76,12 @@ class Request:
 class RenderService:
     """The rendered and thumbnail resources of the primary store."""
 
-    def __init__(self, *, reader: ObjectReader, thumbnails: ThumbnailStore) -> None:
+    def __init__(
+        self, *, reader: ObjectReader, thumbnails: ThumbnailStore, index: Index | None = None
+    ) -> None:
         self.reader = reader
         self.thumbnails = thumbnails
+        self.index = index if index is not None else Index()
 
     # ------------------------------------------------------------------ rendered
     def rendered(self, request: Request) -> Reply:
@@ -86,7 +89,7 @@ class RenderService:
         media_type = _negotiate(request)
         parameters = RenderParameters.from_query(request.query)
         uri = request.uri
-        shown = selection.rendered(uri, instances_of(uri), animated=media_type is RenderedType.GIF)
+        shown = selection.rendered(uri, self.index.instances(uri), animated=media_type is RenderedType.GIF)
         etag = _etag(
             *(f"{f.item.sha256}:{','.join(map(str, f.numbers))}" for f in shown),
             uri.path,
@@ -109,13 +112,13 @@ class RenderService:
         assert uri.study is not None
         shown: Frames | None = None
         if uri.instance is not None:
-            (item,) = instances_of(uri)
+            (item,) = self.index.instances(uri)
             number = selection.middle_of(uri.frames) if uri.frames else selection.middle_frame(item)
             shown, version = Frames(item, (number,)), item.sha256
         elif uri.series is not None:
-            version = series_item(uri.study, uri.series).version
+            version = self.index.series(uri.study, uri.series).version
         else:
-            version = study_item(uri.study).version
+            version = self.index.study(uri.study).version
         frame = shown.numbers[0] if shown is not None and uri.frames else None
         key = thumbnail_key(uri, version, parameters, media_type, frame=frame)
         etag = _etag(key)
@@ -127,7 +130,7 @@ class RenderService:
             metrics.add_metric("ThumbnailsKept", MetricUnit.Count, 1)
             return ok_reply(kept, media_type.value, cache=cache, etag=etag)
         if shown is None:
-            shown = selection.representative(uri, instances_of(uri))
+            shown = selection.representative(uri, self.index.instances(uri))
         body = self._render([shown], parameters, media_type)
         self.thumbnails.put(key, body, media_type)
         metrics.add_metric("ThumbnailsRendered", MetricUnit.Count, 1)

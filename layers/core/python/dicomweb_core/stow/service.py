@@ -29,6 +29,7 @@ from dicomweb_core.dicom.failures import Failure, FailureReason, InstanceRejecte
 from dicomweb_core.dicom.instance import InflationBudget, ReceivedInstance, read_instance
 from dicomweb_core.errors import BadRequest, UnsupportedMediaType
 from dicomweb_core.index import keys
+from dicomweb_core.index.table import IndexTable
 from dicomweb_core.index.write_results import (
     AlreadyIndexed,
     ExistingInstance,
@@ -174,7 +175,11 @@ class StowService:
         """The service wired to the settings' bucket and index: STOW, upload ingest,
         de-identification and inference all store through this one wiring. It publishes
         nothing: ``InstanceStored`` comes from the table's stream (dicomweb_core.changefeed)."""
-        return cls(settings=settings, store=S3InstanceStore(settings.bucket_name), index=IndexWriter())
+        return cls(
+            settings=settings,
+            store=S3InstanceStore(settings.bucket_name),
+            index=IndexWriter(IndexTable(settings.table_name)),
+        )
 
     def __init__(self, *, settings: Settings, store: InstanceStore, index: IndexWriter) -> None:
         self.settings = settings

@@ -35,9 +35,8 @@ from typing import Any
 from dicomweb_core.dicom.codecs import CannotDecode
 from dicomweb_core.dicom.pixels import InstancePixels, instance_in_syntax
 from dicomweb_core.errors import Gone, NotFound
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
-from dicomweb_core.index.reader import instances_of
-from dicomweb_core.index.versions import at_version
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.wado import media
 from dicomweb_core.wado.prebuilt import BundleOrder
@@ -179,8 +178,9 @@ class BundleBuilder:
     decompressed, by the pixel code (``dicom.pixels``) from the composer's reader.
     """
 
-    def __init__(self, composer: BundleComposer) -> None:
+    def __init__(self, composer: BundleComposer, index: Index | None = None) -> None:
         self.composer = composer
+        self.index = index if index is not None else Index()
 
     def convert(self, item: InstanceItem, syntax: str) -> bytes:
         """The instance's Part 10 bytes in ``syntax`` (a UID other than its stored one)."""
@@ -192,9 +192,9 @@ class BundleBuilder:
         ``undecodable`` (its pixel data cannot be converted here)."""
         series = None if order.series == "-" else order.series
         owner: Any = (
-            at_version(SeriesItem, SeriesItem.key(order.study, series), order.version)
+            self.index.at_version(SeriesItem, SeriesItem.key(order.study, series), order.version)
             if series is not None
-            else at_version(StudyItem, StudyItem.key(order.study), order.version)
+            else self.index.at_version(StudyItem, StudyItem.key(order.study), order.version)
         )
         if owner is None:
             return "changed"
@@ -202,7 +202,7 @@ class BundleBuilder:
             return "exists"
         instance = None if order.instance == "-" else order.instance
         try:
-            items = instances_of(DicomWebURI("", study=order.study, series=series, instance=instance))
+            items = self.index.instances(DicomWebURI("", study=order.study, series=series, instance=instance))
         except (NotFound, Gone):
             return "missing"
         try:

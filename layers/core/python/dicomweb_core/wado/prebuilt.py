@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.models import InstanceItem, SeriesItem
-from dicomweb_core.index.reader import instances_of
 from dicomweb_core.storage import ObjectReader, metadata_key, series_metadata_key
 from dicomweb_core.wado import media
 from dicomweb_core.web.uri import DicomWebURI
@@ -85,9 +85,9 @@ def cached(reader: ObjectReader, series: SeriesItem) -> str | None:
     return gzip.decompress(reader.read(key)).decode()
 
 
-def assemble(reader: ObjectReader, study: str, series: str) -> str:
+def assemble(reader: ObjectReader, index: Index, study: str, series: str) -> str:
     """The series' document from its per-instance documents, in instance order."""
-    items = instances_of(DicomWebURI("", study=study, series=series))
+    items = index.instances(DicomWebURI("", study=study, series=series))
     with ThreadPoolExecutor(max_workers=_READERS) as pool:
         documents = list(pool.map(lambda i: reader.read(metadata_key(i.s3_key)).decode(), items))
     return "[" + ",".join(documents) + "]"

@@ -32,8 +32,8 @@ from urllib.parse import urlencode
 
 from dicomweb_core.dicom.pixels import UNCOMPRESSED
 from dicomweb_core.errors import PayloadTooLarge, ServiceUnavailable
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
-from dicomweb_core.index.reader import series_item, study_item
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.wado import media, prebuilt
 from dicomweb_core.wado.prebuilt import BundleOrder
@@ -59,12 +59,14 @@ class LargeAnswers:
     def __init__(
         self,
         reader: ObjectReader,
+        index: Index,
         *,
         public_objects: bool,
         orders: BundleOrders | None = None,
         wait_seconds: float = 0.0,
     ) -> None:
         self.reader = reader
+        self.index = index
         # Whether the bucket's objects are reachable on the API's host (primary store only).
         self.public_objects = public_objects
         self.orders = orders
@@ -99,7 +101,7 @@ class LargeAnswers:
         series_uids = {i.series_uid for i in items}
         series = uri.series or (series_uids.pop() if len(series_uids) == 1 else None)
         owner: SeriesItem | StudyItem = (
-            series_item(uri.study, series) if series is not None else study_item(uri.study)
+            self.index.series(uri.study, series) if series is not None else self.index.study(uri.study)
         )
         order = BundleOrder(owner.version, syntax, uri.study, series or "-", uri.instance or "-")
         return self._built(order, uri.base_url, uri.url, query, what=f"The response ({total_mb:.1f} MB)")
@@ -129,7 +131,7 @@ class LargeAnswers:
                 f"{what}; it is built only as application/octet-stream, as stored (transfer-syntax=*) "
                 "or decompressed (Explicit VR Little Endian)."
             )
-        series = series_item(item.study_uid, item.series_uid)
+        series = self.index.series(item.study_uid, item.series_uid)
         syntax = media.EXPLICIT_VR_LITTLE_ENDIAN if decompressed else media.AS_STORED
         order = BundleOrder(series.version, syntax, item.study_uid, item.series_uid, item.sop_uid, number)
         return self._built(order, uri.base_url, url or uri.url, query, what=what)

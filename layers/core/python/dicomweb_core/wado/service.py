@@ -24,8 +24,8 @@ from dicomweb_core.dicom.frames import FrameIndex
 from dicomweb_core.dicom.metadata import render
 from dicomweb_core.dicom.native_xml import to_xml
 from dicomweb_core.errors import NotAcceptable, PayloadTooLarge
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.models import InstanceItem, SeriesItem
-from dicomweb_core.index.reader import instances_of, missing, series_item, series_of
 from dicomweb_core.observability import MetricUnit, metrics
 from dicomweb_core.storage import ObjectReader, metadata_key
 from dicomweb_core.wado import media, prebuilt
@@ -69,20 +69,22 @@ class RetrieveService:
         public_objects: bool = True,
         orders: BundleOrders | None = None,
         wait_seconds: float = 0.0,
+        index: Index | None = None,
     ) -> None:
         self.settings = settings
         self.reader = reader
+        self.index = index if index is not None else Index()
         # Whether the bucket's objects are reachable on the API's host (primary store only).
         self.public_objects = public_objects
         # Over the response limit: redirects, to bodies built when first asked for (``orders``).
         self.large = LargeAnswers(
-            reader, public_objects=public_objects, orders=orders, wait_seconds=wait_seconds
+            reader, self.index, public_objects=public_objects, orders=orders, wait_seconds=wait_seconds
         )
 
     # ------------------------------------------------------------------ instances
     def instances(self, request: Request) -> Reply:
         """Study, series or instance retrieval (PS3.18 §10.4.1.1.1)."""
-        items = instances_of(request.uri)
+        items = self.index.instances(request.uri)
         choice = media.choose(
             request.accept,
             part_types=lambda t: t == media.DICOM,
@@ -127,22 +129,22 @@ class RetrieveService:
         uri = request.uri
         assert uri.study is not None
         if uri.instance is not None:
-            (item,) = instances_of(uri)
+            (item,) = self.index.instances(uri)
             version = item.sha256
             if etag_matches(request.if_none_match, version):
                 return not_modified(version)
             document = self.reader.read(metadata_key(item.s3_key)).decode()
             text = f"[{render(document, base_url)}]"
         elif uri.series is not None:
-            series = series_item(uri.study, uri.series)
+            series = self.index.series(uri.study, uri.series)
             version = series.version
             if etag_matches(request.if_none_match, version):
                 return not_modified(version)
             text = self._series_document(series, base_url)
         else:
-            all_series = series_of(uri.study)
+            all_series = self.index.series_of(uri.study)
             if not all_series:
-                raise missing(uri.study, "study")
+                raise self.index.missing(uri.study, "study")
             versions = [s.version for s in all_series]
             version = hashlib.sha256("|".join(versions).encode()).hexdigest()[:32]
             if etag_matches(request.if_none_match, version):
@@ -166,7 +168,7 @@ class RetrieveService:
         text = prebuilt.cached(self.reader, series)
         if text is None:
             metrics.add_metric("SeriesMetadataAssembled", MetricUnit.Count, 1)
-            text = prebuilt.assemble(self.reader, series.study_uid, series.series_uid)
+            text = prebuilt.assemble(self.reader, self.index, series.study_uid, series.series_uid)
         return render(text, base_url)
 
     # ------------------------------------------------------------------ frames
@@ -180,7 +182,7 @@ class RetrieveService:
         """
         uri = request.uri
         assert uri.frames is not None
-        (item,) = instances_of(
+        (item,) = self.index.instances(
             DicomWebURI(uri.base_url, study=uri.study, series=uri.series, instance=uri.instance)
         )
         stored = item.transfer_syntax_uid
@@ -249,7 +251,7 @@ class RetrieveService:
     def bulkdata(self, request: Request, element_path: str) -> Reply:
         """A BulkDataURI target: one element's value (PS3.18 §10.4.1.1.5)."""
         uri = request.uri
-        (item,) = instances_of(uri)
+        (item,) = self.index.instances(uri)
         choice = media.choose(
             request.accept,
             part_types=lambda t: t == media.OCTET_STREAM,

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from dicomweb_core.errors import NotFound
-from dicomweb_core.index.models import IndexItem, InstanceItem, study_pk
+from dicomweb_core.index.access import Index
 
 DETAIL_TYPE = "DeidentificationRequested"
 _BATCH = 10  # SendMessageBatch limit
 
 
-def study_requests(study: str) -> list[dict[str, Any]]:
+def study_requests(index: Index, study: str) -> list[dict[str, Any]]:
     """One request detail per instance of the study in the primary index; 404 if none."""
     details = [
         {
@@ -30,8 +30,7 @@ def study_requests(study: str) -> list[dict[str, Any]]:
             "s3VersionId": item.s3_version_id,
             "forced": True,
         }
-        for item in IndexItem.query(study_pk(study), IndexItem.sk.startswith("INSTANCE#"))
-        if isinstance(item, InstanceItem)
+        for item in index.study_instances(study)
     ]
     if not details:
         raise NotFound("No such study.")

@@ -33,9 +33,8 @@ from dicomweb_core.dicom.uid import validate_uid
 from dicomweb_core.events import INFERENCE_COMPLETED, EventPublisher
 from dicomweb_core.hooks.inference.model import Model, ModelOutputError, SeriesDescriptor, validate_result
 from dicomweb_core.hooks.inference.results import build_results
+from dicomweb_core.index.access import Index
 from dicomweb_core.index.models import InferenceRunItem, SeriesItem
-from dicomweb_core.index.reader import instances_of
-from dicomweb_core.index.versions import at_version
 from dicomweb_core.observability import logger
 from dicomweb_core.storage import ObjectReader
 from dicomweb_core.stow.service import StowService
@@ -91,6 +90,7 @@ class InferencePipeline:
     events: EventPublisher
     bounds: Bounds = field(default_factory=Bounds)
     selection: Selection = field(default_factory=Selection)
+    index: Index = field(default_factory=Index)
 
     def process(self, detail: Mapping[str, Any]) -> list[RunOutcome]:
         series = _descriptor(detail)
@@ -100,7 +100,9 @@ class InferencePipeline:
         chosen = [m for m in self.models if m.accepts(series)]
         if not chosen:
             return []
-        current = at_version(SeriesItem, SeriesItem.key(series.study_uid, series.series_uid), version)
+        current = self.index.at_version(
+            SeriesItem, SeriesItem.key(series.study_uid, series.series_uid), version
+        )
         if current is None:  # changed (a newer SeriesStable follows) or deleted
             return [RunOutcome(m.name, "skipped-changed") for m in chosen]
         pending = [m for m in chosen if not self._done(series, version, m)]
@@ -124,7 +126,7 @@ class InferencePipeline:
     # ---------------------------------------------------------------- steps
     def _load(self, series: SeriesDescriptor) -> list[Dataset] | None:
         uri = DicomWebURI.from_path("", f"/studies/{series.study_uid}/series/{series.series_uid}")
-        items = instances_of(uri)
+        items = self.index.instances(uri)
         total = sum(int(i.size) for i in items)
         if len(items) > self.bounds.max_instances or total > self.bounds.max_bytes:
             logger.warning("series too large for inference", extra={"instances": len(items), "bytes": total})
@@ -185,21 +187,21 @@ class InferencePipeline:
         return RunOutcome(model.name, "completed", tuple(results))
 
     # ------------------------------------------------------------ run records
-    @staticmethod
-    def _done(series: SeriesDescriptor, version: str, model: Model) -> bool:
+    def _done(self, series: SeriesDescriptor, version: str, model: Model) -> bool:
         key = InferenceRunItem.key(series.study_uid, series.series_uid, version, model.name, model.version)
-        try:
-            InferenceRunItem.get(*key, consistent_read=True)
-        except InferenceRunItem.DoesNotExist:
-            return False
-        return True
+        return self.index.run_recorded(key)
 
-    @staticmethod
     def _record(
-        series: SeriesDescriptor, version: str, model: Model, *, status: str, results: list[dict[str, str]]
+        self,
+        series: SeriesDescriptor,
+        version: str,
+        model: Model,
+        *,
+        status: str,
+        results: list[dict[str, str]],
     ) -> None:
         key = InferenceRunItem.key(series.study_uid, series.series_uid, version, model.name, model.version)
-        InferenceRunItem(
+        run = InferenceRunItem(
             *key,
             study_uid=series.study_uid,
             series_uid=series.series_uid,
@@ -208,7 +210,8 @@ class InferencePipeline:
             status=status,
             results=json.dumps(results),
             updated_at=datetime.now(UTC),
-        ).save()
+        )
+        self.index.record_run(run)
 
 
 def _descriptor(detail: Mapping[str, Any]) -> SeriesDescriptor:

@@ -1,6 +1,7 @@
 """The index reads a QIDO-RS search is made of, each one counted (PS3.18 §10.6 on DynamoDB).
 
-Every access is a Query on the table or one of its GSIs, or a BatchGetItem: never a Scan.
+Every access is a Query on the table or one of its GSIs, or a BatchGetItem: never a Scan. The
+reads go to the table bound around the search (``qido.search.search``, ``index.table``).
 Items read are counted against the search's budget, so a search that would read more than
 its budget before filling a page is refused as too broad (413), and the benchmark can
 report read amplification.
