@@ -10,6 +10,7 @@ Selective families run at two index sizes to show latency does not grow with the
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
@@ -149,7 +150,9 @@ def index_items(plans: list[StudyPlan]) -> Iterator[IndexItem]:
             first = first or instances[0]
             for posting in keys.series_postings(instances[0].series_json, plan.uid, series_uid):
                 yield PostingItem(*posting.key, study_uid=plan.uid, series_uid=series_uid)
-            series = items.series_item(instances[0], now, study_sort=sort)
+            series = items.series_item(
+                instances[0], now, study_sort=sort, study_json=json.dumps(first.study_json)
+            )
             series.instance_count = size
             yield series
             for instance in instances:

@@ -7,6 +7,7 @@ pydicom data sets. The sets of UIDs must agree; paging must cut one deterministi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -347,3 +348,55 @@ def test_a_range_across_midnight_needs_a_date_range() -> None:
     with pytest.raises(BadRequest, match="StudyTime range starts after it ends"):
         parse_query(Level.STUDY, "StudyDate=20240101&StudyTime=2300-0100")
     parse_query(Level.STUDY, "StudyDate=20231231-20240101&StudyTime=2300-0100")
+
+
+def _search(store: Store, resource: str, raw_query: str) -> Any:
+    level, study, series = _resource(store, resource)
+    return search(parse_query(LEVELS[level], store.resolve(raw_query), study=study, series=series))
+
+
+def _dataset(store: Store, sop_uid: str) -> Any:
+    return next(ds for ds in store.corpus.datasets if ds.SOPInstanceUID == sop_uid)
+
+
+def test_series_and_instance_results_carry_their_parents_with_one_item_read_per_series(store: Store) -> None:
+    source = _dataset(store, store.corpus.names["MULTI_SOP"])
+    expected = {
+        "00100020": source.PatientID,
+        "00080050": source.AccessionNumber,
+        "00200011": source.SeriesNumber,
+    }
+    # A series result: its item holds its study's attributes, so the search reads that one item
+    found = _search(store, "/series", "SeriesInstanceUID={MULTI_SERIES}")
+    ((series_view),) = found.views
+    assert found.reads.items == 1
+    # An instance result: its item and its series' (holding the study's), nothing else
+    found = _search(store, "/instances", "SOPInstanceUID={MULTI_SOP}")
+    ((instance_view),) = found.views
+    assert found.reads.items == 2
+    # The series of a study read only their own items
+    found = _search(store, "/studies/{MULTI}/series", "")
+    assert found.reads.items == len(found.matches) == len(store.oracle.study_series[source.StudyInstanceUID])
+    for view in (series_view, instance_view):
+        assert {tag: view[tag]["Value"][0] for tag in expected} == expected
+        assert view["0020000D"]["Value"] == [source.StudyInstanceUID]
+
+
+def test_a_series_item_without_its_studys_attributes_is_completed_from_the_study(store: Store) -> None:
+    # Given a series item as written before series items held a copy of their study's attributes
+    item = SeriesItem.get(*SeriesItem.key(store.corpus.names["MULTI"], store.corpus.names["MULTI_SERIES"]))
+    copied = item.dicom_json
+    before = _search(store, "/instances", "SOPInstanceUID={MULTI_SOP}").views
+    study_tags = set(json.loads(StudyItem.get(*StudyItem.key(item.study_uid)).dicom_json))
+    own = {
+        tag: value for tag, value in json.loads(copied).items() if tag not in study_tags or tag == "00080005"
+    }
+    item.update(actions=[SeriesItem.dicom_json.set(json.dumps(own))])
+    try:
+        # When series and instances are searched, Then the answers are the same, the study read once more
+        after = _search(store, "/instances", "SOPInstanceUID={MULTI_SOP}")
+        assert after.views == before and after.reads.items == 3
+        series = _search(store, "/series", "SeriesInstanceUID={MULTI_SERIES}")
+        assert series.reads.items == 2 and series.views[0]["00100020"] == before[0]["00100020"]
+    finally:
+        item.update(actions=[SeriesItem.dicom_json.set(copied)])

@@ -46,7 +46,11 @@ def study_item(instance: ReceivedInstance, context: WriteContext, now: datetime)
     return _with_index_attributes(item, attributes)
 
 
-def series_item(instance: ReceivedInstance, now: datetime, *, study_sort: str) -> SeriesItem:
+def series_item(instance: ReceivedInstance, now: datetime, *, study_sort: str, study_json: str) -> SeriesItem:
+    """The series item, its attributes after a copy of its study's (``study_json``, as the
+    study item holds them): every series result of QIDO-RS returns them (PS3.18 §10.6.3.3),
+    and a study's attributes never change once stored, so a series search reads no study
+    item (docs/index-design.md)."""
     study, series = instance.study_instance_uid, instance.series_instance_uid
     attributes = keys.series_index_attributes(instance.series_json, study_sort=study_sort, series_uid=series)
     item = SeriesItem(
@@ -54,7 +58,7 @@ def series_item(instance: ReceivedInstance, now: datetime, *, study_sort: str) -
         study_uid=study,
         series_uid=series,
         modality=instance.modality or None,
-        dicom_json=json.dumps(instance.series_json),
+        dicom_json=json.dumps(json.loads(study_json) | instance.series_json),
         instance_count=1,
         updated_at=now,
     )

@@ -163,7 +163,7 @@ class SeriesItem(IndexItem, discriminator="series"):
     study_uid = UnicodeAttribute()
     series_uid = UnicodeAttribute()
     modality = UnicodeAttribute(null=True)
-    dicom_json = UnicodeAttribute()  # series-level attributes
+    dicom_json = UnicodeAttribute()  # its study's attributes, then its own (index.items.series_item)
     sort_key = UnicodeAttribute(null=True)
     instance_count = NumberAttribute(default=0)  # NumberOfSeriesRelatedInstances
     stable_version = UnicodeAttribute(null=True)  # the version last announced as SeriesStable

@@ -27,6 +27,7 @@ class WriteContext:
     study_sort: str
     deletions: int  # the study's DELETE count, read before the objects were put
     claimed: bool = False  # the SOP Instance UID is claimed for this instance's study and series
+    study_json: str | None = None  # the study item's attributes, when it was read
 
 
 @dataclass(frozen=True, slots=True)

@@ -471,13 +471,16 @@ class IndexWriter:
             # The series' and study's attributes are their items' (QIDO reads them there): an
             # overwrite must carry the same ones. Its content version moves with the instance
             # item's ``updated_at`` (index.aggregates), so its cached documents are rebuilt.
+            # A series item holds its study's attributes before its own (older ones: its own).
             pk, sk = SeriesItem.key(study_uid, instance.series_instance_uid)
             tx.condition_check(
                 SeriesItem,
                 pk,
                 sk,
                 condition=SeriesItem.pk.exists()
-                & (SeriesItem.dicom_json == json.dumps(instance.series_json)),
+                & SeriesItem.dicom_json.is_in(
+                    json.dumps(instance.study_json | instance.series_json), json.dumps(instance.series_json)
+                ),
             )
             study_pk, study_sk = StudyItem.key(study_uid)
             tx.condition_check(
@@ -495,6 +498,24 @@ class IndexWriter:
         instance_item(instance, stored, _now(), series_sort=series_sort).save(
             condition=InstanceItem.pk.does_not_exist()
         )
+
+    @staticmethod
+    def _study_json(instance: ReceivedInstance, context: WriteContext) -> str:
+        """The study attributes a new series item copies: the study item's; for a new study,
+        the instance's, which its study item is made of."""
+        if context.study_json is not None:
+            return context.study_json
+        if context.study_exists:  # an earlier write of the request created it: read it (rare)
+            try:
+                study = StudyItem.get(
+                    *StudyItem.key(instance.study_instance_uid),
+                    consistent_read=True,
+                    attributes_to_get=["pk", "sk", "kind", "dicom_json"],
+                )
+                return study.dicom_json
+            except StudyItem.DoesNotExist:
+                pass  # deleted since: the transaction's tombstone condition refuses the write
+        return json.dumps(instance.study_json)
 
     def _transact_first_of_series(
         self, instance: ReceivedInstance, stored: StoredObject, context: WriteContext, *, token: str
@@ -515,7 +536,12 @@ class IndexWriter:
                 condition=InstanceItem.pk.does_not_exist(),
             )
             tx.save(
-                series_item(instance, now, study_sort=context.study_sort),
+                series_item(
+                    instance,
+                    now,
+                    study_sort=context.study_sort,
+                    study_json=self._study_json(instance, context),
+                ),
                 condition=SeriesItem.pk.does_not_exist(),
             )
             if not context.study_exists:
@@ -563,6 +589,7 @@ def _context(
         study_sort=sort_key or keys.study_sort_key(instance.study_json, instance.study_instance_uid),
         deletions=deletions,
         claimed=claimed,
+        study_json=study.dicom_json if isinstance(study, StudyItem) else None,
     )
 
 

@@ -1,9 +1,10 @@
 """What a QIDO-RS result is: the merged DICOM JSON a candidate is matched on and returned as
 (PS3.18 §10.6.3: a series or instance result carries its study's and series' attributes).
 
-Series and instance items hold their own level's attributes only; the study's and
-series' come from their items, read once per search (:class:`Parents`), so a stored
-instance writes no copy of them (docs/index-design.md).
+A series item holds its study's attributes and its own (copied once per series); an
+instance item holds its own only, and its series' (with the study's) come from the series
+item, read once per search and series (:class:`Parents`), so a stored instance writes no
+copy of them (docs/index-design.md).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dicomweb_core.index.models import InstanceItem, SeriesItem, StudyItem
 from dicomweb_core.index.search_reads import IndexReads
 
 MODALITIES_IN_STUDY = "00080061"
+STUDY_INSTANCE_UID = "0020000D"
 Entity = StudyItem | SeriesItem | InstanceItem
 
 
@@ -60,11 +62,17 @@ def view(item: Entity, parents: Parents) -> dict[str, Any]:
         merged["00201208"] = {"vr": "IS", "Value": [int(item.instance_count)]}
         return merged
     if isinstance(item, SeriesItem):
-        merged = parents.study_json(item.study_uid)
-        merged |= json.loads(item.dicom_json)
+        merged = _with_study(parents, item.study_uid, json.loads(item.dicom_json))
         merged["00201209"] = {"vr": "IS", "Value": [int(item.instance_count)]}
         return merged
-    merged = parents.study_json(item.study_uid)
-    merged |= parents.series_json(item.study_uid, item.series_uid)
+    merged = _with_study(parents, item.study_uid, parents.series_json(item.study_uid, item.series_uid))
     merged |= json.loads(item.dicom_json)
     return merged
+
+
+def _with_study(parents: Parents, study_uid: str, series: dict[str, Any]) -> dict[str, Any]:
+    """A series' attributes with its study's. A series item holds a copy of them (its
+    StudyInstanceUID says so); one written before it did is completed from the study item."""
+    if STUDY_INSTANCE_UID in series:
+        return series
+    return parents.study_json(study_uid) | series
