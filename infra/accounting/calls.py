@@ -10,6 +10,15 @@ session registers):
 - ``after-call``: the answer; the call is counted here, with what the answer says
   (items returned, bytes, ``ConsumedCapacity`` where the service reports it).
 
+It also times each call: the wall time from ``before-parameter-build`` to ``after-call``
+(or ``after-call-error``), summed per service and operation, and how much of it the
+request spent on the wire (``before-send`` to ``before-parse``: sent, served, answer
+read). Reading a streamed body (an S3 object) after the call counts as time in that call
+and on the wire. Calls made in parallel (a thread pool) overlap: :attr:`Tally.aws_ms` is
+the wall time during which at least one call of the operation was open, and
+:attr:`Tally.hook_ms` the time the counter itself took for its bookkeeping, which an
+operation's own time should leave out.
+
 Calls are attributed to the innermost open :meth:`CallCounter.operation` block (in any
 thread), or to ``"(none)"``. For DynamoDB the counter also keeps what each call wrote and
 read (keys, put items, updated attribute names), so the capacity it consumed can be
@@ -23,8 +32,9 @@ import base64
 import math
 import re
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +46,7 @@ from infra.accounting.itemsize import item_size
 NO_OPERATION = "(none)"
 EVENTS_CHUNK_BYTES = 64 * 1024  # EventBridge bills each 64 KB of an entry as one event
 _CONTEXT_KEY = "accounting_params"
+_STARTED_KEY = "accounting_started"  # (label, perf_counter) when the call began
 
 
 @dataclass
@@ -49,6 +60,10 @@ class Tally:
     reported: dict[str, float] = field(default_factory=dict)  # ConsumedCapacity per table, as answered
     writes: list[dict[str, Any]] = field(default_factory=list)  # DynamoDB write actions
     reads: list[dict[str, Any]] = field(default_factory=list)  # DynamoDB read actions
+    call_ms: dict[str, float] = field(default_factory=dict)  # wall ms inside calls, per "dynamodb.Query"
+    wire_ms: dict[str, float] = field(default_factory=dict)  # of which sent, served and read back
+    aws_ms: float = 0.0  # wall ms during which at least one call was open (parallel calls once)
+    hook_ms: float = 0.0  # ms the counter's own bookkeeping took
 
     def merge(self, other: Tally) -> None:
         for name in ("calls", "attempts", "errors", "units"):
@@ -57,6 +72,11 @@ class Tally:
             self.reported[table] = self.reported.get(table, 0.0) + units
         self.writes.extend(other.writes)
         self.reads.extend(other.reads)
+        for mine, theirs in ((self.call_ms, other.call_ms), (self.wire_ms, other.wire_ms)):
+            for name, ms in theirs.items():
+                mine[name] = mine.get(name, 0.0) + ms
+        self.aws_ms += other.aws_ms
+        self.hook_ms += other.hook_ms
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +87,10 @@ class Tally:
             "reported": dict(self.reported),
             "writes": self.writes,
             "reads": self.reads,
+            "call_ms": {name: round(ms, 3) for name, ms in self.call_ms.items()},
+            "wire_ms": {name: round(ms, 3) for name, ms in self.wire_ms.items()},
+            "aws_ms": round(self.aws_ms, 3),
+            "hook_ms": round(self.hook_ms, 3),
         }
 
     @classmethod
@@ -79,6 +103,10 @@ class Tally:
             reported={k: float(v) for k, v in document.get("reported", {}).items()},
             writes=list(document.get("writes", [])),
             reads=list(document.get("reads", [])),
+            call_ms={k: float(v) for k, v in document.get("call_ms", {}).items()},
+            wire_ms={k: float(v) for k, v in document.get("wire_ms", {}).items()},
+            aws_ms=float(document.get("aws_ms", 0.0)),
+            hook_ms=float(document.get("hook_ms", 0.0)),
         )
 
     def by_service(self) -> Counter[str]:
@@ -90,17 +118,26 @@ class Tally:
 
 
 class CallCounter:
-    """Counts calls per operation label; see the module docstring."""
+    """Counts and times calls per operation label; see the module docstring.
 
-    def __init__(self) -> None:
+    ``clock`` (seconds, monotonic) is ``time.perf_counter``; tests pass their own."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.perf_counter) -> None:
         self.tallies: dict[str, Tally] = {}
         self._labels: list[str] = []
         self._lock = threading.Lock()
         self._active = False
+        self._clock = clock
+        self._open: dict[str, int] = {}  # label -> calls open now
+        self._busy_since: dict[str, float] = {}  # label -> when its first open call began
+        self._thread = threading.local()  # the wire time of the call this thread is making
         self._specs = [
             ("before-parameter-build", self._on_parameters),
             ("request-created", self._on_attempt),
+            ("before-send", self._on_send),
+            ("before-parse", self._on_received),
             ("after-call", self._on_answer),
+            ("after-call-error", self._on_failure),
         ]
 
     # ------------------------------------------------------------ install
@@ -146,19 +183,84 @@ class CallCounter:
                 self._labels.remove(label)
 
     def take(self) -> dict[str, Tally]:
-        """The tallies so far, leaving the counter empty."""
+        """The tallies so far, leaving the counter empty.
+
+        A call still open (one that failed before it was sent never reaches ``after-call``)
+        is closed now, so that it cannot hold the next operation's wall time open."""
         with self._lock:
+            now = self._clock()
+            for label, since in self._busy_since.items():
+                tally = self.tallies.setdefault(label, Tally())
+                tally.aws_ms += (now - since) * 1000
+            self._busy_since.clear()
+            self._open.clear()
             taken, self.tallies = self.tallies, {}
         return taken
 
+    def _label(self) -> str:
+        return self._labels[-1] if self._labels else NO_OPERATION
+
     def _tally(self) -> Tally:
-        label = self._labels[-1] if self._labels else NO_OPERATION
-        return self.tallies.setdefault(label, Tally())
+        return self.tallies.setdefault(self._label(), Tally())
+
+    # ------------------------------------------------------------ timing
+    def begin(self) -> tuple[str, float]:
+        """A call (or a read of its streamed body) starts now: its label and start time."""
+        with self._lock:
+            label, now = self._label(), self._clock()
+            if not self._open.get(label):
+                self._busy_since[label] = now
+            self._open[label] = self._open.get(label, 0) + 1
+        return label, now
+
+    def end(self, started: tuple[str, float], name: str, *, wire_ms: float = 0.0) -> None:
+        """The call ``name`` begun at ``started`` (from :meth:`begin`) ends now."""
+        label, began = started
+        with self._lock:
+            now = self._clock()
+            tally = self.tallies.setdefault(label, Tally())
+            tally.call_ms[name] = tally.call_ms.get(name, 0.0) + (now - began) * 1000
+            if wire_ms:
+                tally.wire_ms[name] = tally.wire_ms.get(name, 0.0) + wire_ms
+            self._open[label] = self._open.get(label, 0) - 1
+            if self._open[label] <= 0:  # the last open call (or one begun before a take())
+                self._open.pop(label)
+                since = self._busy_since.pop(label, None)
+                if since is not None:
+                    tally.aws_ms += (now - since) * 1000
 
     # ------------------------------------------------------------ events
     def _on_parameters(self, params: Mapping[str, Any], context: dict[str, Any], **_: Any) -> None:
         if self._active and isinstance(context, dict):
             context[_CONTEXT_KEY] = params
+            if not context.get("is_presign_request"):  # a presigned URL is signed, never sent
+                context[_STARTED_KEY] = self.begin()
+                self._thread.wire_ms = 0.0
+                self._thread.sent = None
+
+    def _on_send(self, **_: Any) -> None:
+        if self._active:
+            self._thread.sent = self._clock()
+
+    def _on_received(self, **_: Any) -> None:
+        sent = getattr(self._thread, "sent", None)
+        if self._active and sent is not None:
+            self._thread.wire_ms = getattr(self._thread, "wire_ms", 0.0) + (self._clock() - sent) * 1000
+            self._thread.sent = None
+
+    def _finish(self, context: Any, name: str) -> bool:
+        """Close the call's timing; False when it was not timed (begun before install)."""
+        started = context.pop(_STARTED_KEY, None) if isinstance(context, dict) else None
+        if started is None:
+            return False
+        wire_ms, self._thread.wire_ms = getattr(self._thread, "wire_ms", 0.0), 0.0
+        self.end(started, name, wire_ms=wire_ms)
+        return True
+
+    def _on_failure(self, context: Any, event_name: str, **_: Any) -> None:
+        """``after-call-error``: the request could not be made (connection refused, timeout)."""
+        service, operation = event_name.split(".", 2)[1:]
+        self._finish(context, f"{_SERVICE_NAMES.get(service, service)}.{operation}")
 
     def _on_attempt(self, request: Any, operation_name: str, event_name: str, **_: Any) -> None:
         if not self._active:
@@ -174,8 +276,12 @@ class CallCounter:
             return
         service = model.service_model.service_name
         name = f"{service}.{model.name}"
+        timed = self._finish(context, name)
+        bookkeeping = self._clock()
         params = context.get(_CONTEXT_KEY, {}) if isinstance(context, Mapping) else {}
         ok = http_response is not None and http_response.status_code < 300
+        if timed and ok and model.has_streaming_output:
+            self._time_body_reads(parsed, model, name)
         with self._lock:
             tally = self._tally()
             tally.calls[name] += 1
@@ -184,6 +290,25 @@ class CallCounter:
             _count_units(tally, service, model.name, params, parsed)
             if service == "dynamodb":
                 _record_dynamodb(tally, model.name, params, parsed, ok=ok)
+            tally.hook_ms += (self._clock() - bookkeeping) * 1000
+
+    def _time_body_reads(self, parsed: Mapping[str, Any], model: Any, name: str) -> None:
+        """Time each read of a streamed answer body (S3 GetObject) as part of the call."""
+        payload = model.output_shape.serialization.get("payload") if model.output_shape else None
+        body = parsed.get(payload) if payload else None
+        if body is None or not hasattr(body, "read"):
+            return
+        read = body.read
+
+        def timed_read(*args: Any, **kwargs: Any) -> Any:
+            started = self.begin()
+            try:
+                return read(*args, **kwargs)
+            finally:
+                elapsed = (self._clock() - started[1]) * 1000
+                self.end(started, name, wire_ms=elapsed)
+
+        body.read = timed_read  # the instance's read: iter_chunks() and friends go through it
 
 
 # The hyphenated service ids of request-created events, as the service names of after-call.

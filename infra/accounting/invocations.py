@@ -3,10 +3,10 @@
 With ``COUNT_BACKEND_CALLS`` set, each worker process (infra/local/workers.py) installs a
 :class:`~infra.accounting.calls.CallCounter` before it imports its handler, and appends one
 JSON line per invocation to ``<dir>/<function>-<pid>.jsonl``: what triggered it (the API
-route, or the queue and its message count), when, how long the handler ran, and the
-calls it made (the first invocation also carries the calls of the cold start, made while
-the handler's module was imported). ``COUNT_BACKEND_CALLS`` names the directory; ``1`` means
-``$LOCAL_DIR/backend-calls``.
+route and the gateway's request id, or the queue and its message count), when, how long
+the handler ran, and the calls it made and the time they took (the first invocation also
+carries the calls of the cold start, made while the handler's module was imported).
+``COUNT_BACKEND_CALLS`` names the directory; ``1`` means ``$LOCAL_DIR/backend-calls``.
 
 A file per worker rather than an extra field in the worker's answer: the pipe protocol, the
 gateway and the queue pollers stay as they are, a worker never interleaves with another,
@@ -38,6 +38,13 @@ def calls_directory(setting: str) -> Path:
     return Path(setting)
 
 
+def request_id_of(event: Any) -> str | None:
+    """The gateway's id of the request an API event carries, None for other events."""
+    context = event.get("requestContext") if isinstance(event, Mapping) else None
+    request_id = context.get("requestId") if isinstance(context, Mapping) else None
+    return str(request_id) if request_id else None
+
+
 def trigger_of(event: Mapping[str, Any]) -> tuple[str, int]:
     """What an invocation answers: ``("POST /studies", 0)`` or ``("sqs:<queue>", messages)``."""
     records = event.get("Records")
@@ -58,6 +65,12 @@ class Invocation:
     duration_ms: float
     ok: bool
     tally: Tally
+    request_id: str | None = None  # the API event's requestContext.requestId
+
+    @property
+    def own_ms(self) -> float:
+        """The handler's time outside AWS calls and outside the counter's bookkeeping."""
+        return max(0.0, self.duration_ms - self.tally.aws_ms - self.tally.hook_ms)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +80,7 @@ class Invocation:
             "started": self.started,
             "duration_ms": self.duration_ms,
             "ok": self.ok,
+            "request_id": self.request_id,
             **self.tally.to_json(),
         }
 
@@ -80,6 +94,7 @@ class Invocation:
             duration_ms=float(document["duration_ms"]),
             ok=bool(document.get("ok", True)),
             tally=Tally.from_json(document),
+            request_id=document.get("request_id"),
         )
 
 
@@ -109,7 +124,11 @@ class InvocationRecorder:
                 tally = Tally()
                 for part in self.counter.take().values():
                     tally.merge(part)
-                self._write(Invocation(self.function, trigger, messages, started, duration, ok, tally))
+                self._write(
+                    Invocation(
+                        self.function, trigger, messages, started, duration, ok, tally, request_id_of(event)
+                    )
+                )
 
         return counted
 
@@ -154,7 +173,8 @@ def per_trigger(invocations: Iterable[Invocation]) -> dict[tuple[str, str], list
 
 
 def summary(invocations: Iterable[Invocation]) -> str:
-    """A Markdown table: per function and trigger, invocations and mean calls per invocation."""
+    """A Markdown table: per function and trigger, invocations, their mean duration and the
+    part of it in AWS calls, and the mean calls per invocation."""
     rows = []
     for (function, trigger), group in sorted(per_trigger(invocations).items()):
         tally = Tally()
@@ -162,11 +182,14 @@ def summary(invocations: Iterable[Invocation]) -> str:
             tally.merge(invocation.tally)
         calls = ", ".join(f"{name} {count / len(group):.1f}" for name, count in sorted(tally.calls.items()))
         mean_ms = sum(i.duration_ms for i in group) / len(group)
-        rows.append(f"| {function} | `{trigger}` | {len(group)} | {mean_ms:.0f} | {calls or '-'} |")
+        aws_ms = tally.aws_ms / len(group)
+        rows.append(
+            f"| {function} | `{trigger}` | {len(group)} | {mean_ms:.0f} | {aws_ms:.0f} | {calls or '-'} |"
+        )
     return "\n".join(
         [
-            "| function | trigger | invocations | mean ms | calls per invocation |",
-            "|---|---|---|---|---|",
+            "| function | trigger | invocations | mean ms | of which in AWS calls | calls per invocation |",
+            "|---|---|---|---|---|---|",
             *rows,
         ]
     )

@@ -1,6 +1,7 @@
 """Run every benchmark section and print a Markdown report (also saved to .local/bench.md).
 
-The cost section also writes docs/cost.md, which the README links to."""
+The cost section also writes docs/cost.md, which the README links to; the orthanc and
+breakdown sections write docs/bench-vs-orthanc.md (breakdown its "Where the time goes")."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from infra.bench import cost, parallel, qido, render, stow, upload, versus_orthanc, wado
+from infra.bench import breakdown, cost, parallel, qido, render, stow, upload, versus_orthanc, wado
 
 SECTIONS: dict[str, Callable[..., str]] = {
     "stow": stow.run,
@@ -19,6 +20,9 @@ SECTIONS: dict[str, Callable[..., str]] = {
     "upload": upload.run,
     "cost": cost.run,
     "orthanc": versus_orthanc.run,  # side by side with Orthanc (writes docs/bench-vs-orthanc.md)
+    # where the missed operations' time goes, and the cloud path's estimate (after "orthanc",
+    # whose figures it compares with)
+    "breakdown": breakdown.run,
 }
 
 

@@ -66,6 +66,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicomweb_core.index import items, keys
 from dicomweb_core.index.models import InstanceItem, RegistryItem
 from infra import debian, orthanc
+from infra.accounting.invocations import ENVIRONMENT_VARIABLE
 from infra.bench import qido
 from infra.bench.stow import bench_options
 from infra.datasets.generate import make_dataset, new_uid
@@ -367,6 +368,7 @@ class Side:
     client: DICOMwebClient
     load_studies: Callable[[int, int], None]  # (studies already loaded, studies wanted)
     settle: Callable[[], None] = field(default=lambda: None)
+    pid: int | None = None  # the server's process, when it is ours (for a profiler)
 
 
 @contextmanager
@@ -457,10 +459,15 @@ def _load_local(stack: LocalStack, loaded: int, wanted: int) -> None:
             backend.put_item(table, RegistryItem(*RegistryItem.key(name), values=values).serialize())
 
 
-def _serve_local(conn: Connection, hooks: bool, change_feed: bool, log_file: Path) -> None:
+def _serve_local(
+    conn: Connection, hooks: bool, change_feed: bool, log_file: Path, count_calls: Path | None = None
+) -> None:
     """The child process: a local runtime (hooks off, or the template's defaults), then
-    commands from the parent until "stop". Its output, and its workers', goes to ``log_file``."""
+    commands from the parent until "stop". Its output, and its workers', goes to ``log_file``;
+    with ``count_calls``, the gateway and the workers record each request's time there."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    if count_calls is not None:
+        os.environ[ENVIRONMENT_VARIABLE] = str(count_calls)  # read by the gateway and the workers
     with open(log_file, "w") as log, tempfile.TemporaryDirectory(prefix="bench-ours-") as directory:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -490,18 +497,23 @@ def _serve_local(conn: Connection, hooks: bool, change_feed: bool, log_file: Pat
 
 
 @contextmanager
-def local_side(*, hooks: bool, change_feed: bool = True) -> Iterator[Side]:
+def local_side(*, hooks: bool, change_feed: bool = True, count_calls: Path | None = None) -> Iterator[Side]:
     """Our local runtime in a child process; the client here, with the admin role's token.
 
     ``change_feed=False``: without the index tables' change feed, for index items loaded
-    straight into moto (:meth:`Side.load_studies`); STOW-RS then announces nothing."""
+    straight into moto (:meth:`Side.load_studies`); STOW-RS then announces nothing.
+    ``count_calls``: a directory where the gateway and the workers record every request's
+    time and AWS calls (``COUNT_BACKEND_CALLS``, :mod:`infra.accounting`)."""
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     log_file = (
-        LOG_DIR / f"bench-vs-orthanc-hooks-{'on' if hooks else 'off'}{'' if change_feed else '-qido'}.log"
+        LOG_DIR / f"bench-vs-orthanc-hooks-{'on' if hooks else 'off'}{'' if change_feed else '-qido'}"
+        f"{'-counted' if count_calls is not None else ''}.log"
     )
     process = context.Process(
-        target=_serve_local, args=(child, hooks, change_feed, log_file), name="bench-local-runtime"
+        target=_serve_local,
+        args=(child, hooks, change_feed, log_file, count_calls),
+        name="bench-local-runtime",
     )
     process.start()
     try:
@@ -524,6 +536,7 @@ def local_side(*, hooks: bool, change_feed: bool = True) -> Iterator[Side]:
                 client,
                 lambda loaded, wanted: call("load", loaded, wanted),
                 lambda: call("settle"),
+                process.pid,
             )
     finally:
         if process.is_alive():
@@ -693,10 +706,32 @@ def load_results(path: Path) -> tuple[dict[str, Measurements], Config, float]:
     return results, Config(**config), float(document["took_s"])
 
 
+# The "Where the time goes" part of the document, written by infra/bench/breakdown.py between
+# these markers; a rewrite of the rest keeps it.
+BREAKDOWN_START = "<!-- where-the-time-goes: written by infra/bench/breakdown.py -->"
+BREAKDOWN_END = "<!-- /where-the-time-goes -->"
+
+
+def breakdown_block(text: str) -> str:
+    """The marked "Where the time goes" block of a document ("" when it has none)."""
+    start, end = text.find(BREAKDOWN_START), text.find(BREAKDOWN_END)
+    return text[start : end + len(BREAKDOWN_END)] if 0 <= start < end else ""
+
+
+def with_breakdown(text: str, block: str) -> str:
+    """``text`` with its marked block replaced by ``block`` (appended when it has none)."""
+    old = breakdown_block(text)
+    if old:
+        return text.replace(old, block)
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
 def write_docs(results: dict[str, Measurements], section: str) -> None:
-    """docs/bench-vs-orthanc.md (the method, the plot, the table) and the plot itself."""
+    """docs/bench-vs-orthanc.md (the method, the plot, the table) and the plot itself; the
+    "Where the time goes" block an earlier run of infra/bench/breakdown.py wrote is kept."""
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(
+    kept = breakdown_block(DOC.read_text()) if DOC.exists() else ""
+    text = (
         "# Benchmark: side by side with Orthanc\n\n"
         "Written by `make bench` (alone: `python -m infra.bench.versus_orthanc`; `--studies N` "
         "for another number of studies, `--quick` for a smoke test).\n\n"
@@ -704,6 +739,7 @@ def write_docs(results: dict[str, Measurements], section: str) -> None:
         + f"\n\n![Latency against dataset size](images/{PLOT.name})\n\n"
         + METHOD
     )
+    DOC.write_text(with_breakdown(text, kept) if kept else text)
     plot(results, PLOT)
 
 

@@ -33,6 +33,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from dicomweb_core import audit
+from infra.accounting.gateway import GatewayRecord
 from infra.local.auth import AuthorizationFailure, AuthorizedRequest, JwtAuthorizer
 from infra.local.workers import FunctionError, FunctionPool, InvocationTimeout
 from infra.samtemplate import Route
@@ -99,12 +100,22 @@ class CorsPolicy:
         return headers
 
 
+@dataclass(frozen=True)
+class Invoked:
+    """The invocation behind a response: the function, the event's request id, its time."""
+
+    function: str
+    request_id: str
+    ms: float
+
+
 @dataclass
 class GatewayResponse:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     unanswered: bool = False  # the gateway answered instead of the function
+    invoked: Invoked | None = None  # set when a function was invoked for it
 
     @classmethod
     def message(cls, status: HTTPStatus, text: str | None = None) -> GatewayResponse:
@@ -161,6 +172,7 @@ class Gateway:
         on_invoke: Callable[[str, str], None] | None = None,
         audit_sink: audit.AuditSink | None = None,
         objects: ObjectProxy | None = None,
+        on_request: Callable[[GatewayRecord], None] | None = None,
     ) -> None:
         self.routes = list(routes)
         self.functions = functions
@@ -170,6 +182,8 @@ class Gateway:
         self.on_invoke = on_invoke
         self.audit_sink = audit_sink
         self.objects = objects
+        # Called with each request's timing once it is answered (infra.accounting.gateway).
+        self.on_request = on_request
         self.activity = Activity()
 
     def handle(
@@ -347,22 +361,30 @@ class Gateway:
         if payload_size > MAX_INVOKE_PAYLOAD_BYTES:
             # Lambda refuses a request payload over 6 MB (base64 makes a body ~4/3 larger).
             return GatewayResponse.message(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-        started = time.monotonic()
+        started = time.perf_counter()
+        failed: GatewayResponse | None = None
         try:
             with self.activity.running():
                 result = self.functions[function].invoke(event)
         except InvocationTimeout:
-            return GatewayResponse.message(HTTPStatus.SERVICE_UNAVAILABLE)
+            failed = GatewayResponse.message(HTTPStatus.SERVICE_UNAVAILABLE)
         except FunctionError as exc:
             print(f"[{function}] unhandled error:\n{exc}", flush=True)
-            return GatewayResponse.message(HTTPStatus.INTERNAL_SERVER_ERROR)
+            failed = GatewayResponse.message(HTTPStatus.INTERNAL_SERVER_ERROR)
         finally:
+            took_ms = (time.perf_counter() - started) * 1000
             if self.on_invoke is not None:
-                self.on_invoke(function, f"{(time.monotonic() - started) * 1000:.0f} ms")
-        if len(json.dumps(result)) > MAX_INVOKE_PAYLOAD_BYTES:
+                self.on_invoke(function, f"{took_ms:.0f} ms")
+        if failed is not None:
+            response = failed
+        elif len(json.dumps(result)) > MAX_INVOKE_PAYLOAD_BYTES:
             print(f"[{function}] response exceeds the 6 MB Lambda payload limit", flush=True)
-            return GatewayResponse.message(HTTPStatus.BAD_GATEWAY, "Internal Server Error")
-        return _http_response(result)
+            response = GatewayResponse.message(HTTPStatus.BAD_GATEWAY, "Internal Server Error")
+        else:
+            response = _http_response(result)
+        request_id = str(event.get("requestContext", {}).get("requestId", ""))
+        response.invoked = Invoked(function, request_id, took_ms)
+        return response
 
 
 @dataclass(frozen=True)
@@ -631,6 +653,28 @@ def make_server(gateway: Gateway, host: str, port: int) -> ThreadingHTTPServer:
         disable_nagle_algorithm = True
 
         def _serve(self) -> None:
+            started, clock = time.time(), time.perf_counter()
+            self._body_bytes = 0
+            response = self._answer()
+            self._send(response)
+            if gateway.on_request is not None:
+                invoked = response.invoked
+                gateway.on_request(
+                    GatewayRecord(
+                        method=self.command,
+                        path=urlsplit(self.path).path,
+                        status=response.status,
+                        started=started,
+                        total_ms=(time.perf_counter() - clock) * 1000,
+                        function=invoked.function if invoked else None,
+                        request_id=invoked.request_id if invoked else None,
+                        invoke_ms=invoked.ms if invoked else 0.0,
+                        request_bytes=self._body_bytes,
+                        response_bytes=len(response.body),
+                    )
+                )
+
+        def _answer(self) -> GatewayResponse:
             headers: dict[str, str] = {}
             for name, value in self.headers.items():
                 key = name.lower()
@@ -639,20 +683,18 @@ def make_server(gateway: Gateway, host: str, port: int) -> ThreadingHTTPServer:
                 response = gateway.upload(self.command, self.path, headers, self.rfile)
                 if response.status >= 400:  # the body may be unread: don't parse it as a request
                     response.headers["connection"] = "close"
-                self._send(response)
-                return
+                return response
             try:
                 body = _read_body(self)
+                self._body_bytes = len(body)
             except _RequestTooLarge:
                 response = gateway.reject(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, headers)
                 response.headers["connection"] = "close"
                 self.close_connection = True
-                self._send(response)
-                return
+                return response
             except ValueError:
-                self._send(gateway.reject(HTTPStatus.BAD_REQUEST, headers))
-                return
-            response = gateway.handle(
+                return gateway.reject(HTTPStatus.BAD_REQUEST, headers)
+            return gateway.handle(
                 self.command,
                 self.path,
                 headers,
@@ -660,7 +702,6 @@ def make_server(gateway: Gateway, host: str, port: int) -> ThreadingHTTPServer:
                 source_ip=self.client_address[0],
                 host=headers.get("host", f"{host}:{port}"),
             )
-            self._send(response)
 
         def _send(self, response: GatewayResponse) -> None:
             """Status line, headers and body in one write (two for a body over 1 MiB)."""

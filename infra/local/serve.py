@@ -27,6 +27,7 @@ from moto.moto_api._internal.models import moto_api_backend
 from moto.server import ThreadedMotoServer
 
 from dicomweb_core.audit import FileSink
+from infra.accounting.gateway import recorder_from_environment as gateway_recorder_from_environment
 from infra.local import snapshot
 from infra.local.auth import (
     DEFAULT_LIFETIME,
@@ -243,6 +244,8 @@ class LocalStack:
                 key=self.link_key,
                 read=read_object,
             ),
+            # COUNT_BACKEND_CALLS (make bench): the gateway's own time per request too.
+            on_request=gateway_recorder_from_environment(),
         )
         self.server = make_server(self.gateway, self.options.host, self.options.port)
         self._threads = [
