@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 from dicomweb_core.errors import PayloadTooLarge
@@ -87,18 +88,15 @@ class IndexReads:
         elif high:
             condition = sk_attribute <= high
         page = max(8, self.wanted // max(1, keys.SHARDS) + 2)
-
-        def stream(pk: str) -> Iterator[Any]:
-            self.stats.queries += 1
-            return self.counted(
-                map(
-                    uids_from_keys,
-                    index.query(pk, condition, scan_index_forward=False, page_size=min(page, 1000)),
-                )
-            )
-
+        # Each Query is made here (pynamodb fixes its connection, so its table, when it is
+        # made), and their first pages are read together: one round trip for all shards.
+        queries = [
+            index.query(pk, condition, scan_index_forward=False, page_size=min(page, 1000)) for pk in pks
+        ]
+        self.stats.queries += len(queries)
+        streams = [self.counted(map(uids_from_keys, q)) for q in _first_pages_together(queries)]
         key_name = index_sort_attribute(number)
-        return heapq.merge(*(stream(pk) for pk in pks), key=lambda i: getattr(i, key_name), reverse=True)
+        return heapq.merge(*streams, key=lambda i: getattr(i, key_name), reverse=True)
 
     def partition(self, study: str, prefix: str) -> list[IndexItem]:
         self.stats.queries += 1
@@ -144,6 +142,22 @@ class IndexReads:
             wanted = [SeriesItem.key(*pair.split("#", 1)) for pair in chunk]
             found = {(i.pk, i.sk): i for i in self.batch_get(wanted) if isinstance(i, SeriesItem)}
             yield from (found[k] for k in wanted if k in found)
+
+
+_PAGE_READERS = ThreadPoolExecutor(max_workers=keys.SHARDS, thread_name_prefix="shard-page")
+_NOTHING = object()
+
+
+def _first_pages_together(queries: Sequence[Iterator[Any]]) -> list[Iterator[Any]]:
+    """The queries, each with its first page read, all at once (in threads): the items come
+    back as they were, in order; later pages are read as they are reached."""
+    if len(queries) < 2:
+        return list(queries)
+    firsts = list(_PAGE_READERS.map(lambda query: next(query, _NOTHING), queries))
+    return [
+        iter(()) if first is _NOTHING else chain((first,), query)
+        for first, query in zip(firsts, queries, strict=True)
+    ]
 
 
 def _sort_attribute(index: Any) -> Any:

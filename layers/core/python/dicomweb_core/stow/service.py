@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
@@ -51,6 +52,8 @@ DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 MULTIPART_RELATED = "multipart/related"
 PATIENT_ID = "00100020"
+# Put an instance's bytes while the request's thread puts its metadata document.
+_OBJECT_WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="object-put")
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,26 +388,22 @@ class StowService:
             new_write_id(),
         )
         document = metadata_key(key)
+        body = json.dumps(instance.metadata, separators=(",", ":")).encode()
         write = _Write(self.store, StoredObject(key, None, instance.sha256, instance.size))
+        # Each object is recorded before its PUT: if the answer is lost, the PUT may still
+        # have taken effect, and discarding by key (a delete marker) covers it. The two PUTs
+        # run together: one S3 round trip per instance, not two.
+        write.objects += [(key, None), (document, None)]
+        bytes_put = _OBJECT_WRITERS.submit(self.store.put, key, instance.data, sha256_hex=instance.sha256)
         try:
-            # Each object is recorded before its PUT: if the answer is lost, the PUT may
-            # still have taken effect, and discarding by key (a delete marker) covers it.
-            write.objects.append((key, None))
-            version_id = self.store.put(key, instance.data, sha256_hex=instance.sha256)
-            write.objects[-1] = (key, version_id)
-            write.stored = StoredObject(key, version_id, instance.sha256, instance.size)
-            write.objects.append((document, None))
-            write.objects[-1] = (
-                document,
-                self.store.put_document(
-                    document,
-                    json.dumps(instance.metadata, separators=(",", ":")).encode(),
-                    content_type=DICOM_JSON,
-                ),
-            )
+            document_version = self.store.put_document(document, body, content_type=DICOM_JSON)
+            version_id = bytes_put.result()
         except BaseException:
+            wait([bytes_put])  # a PUT still under way would land after the discard
             write.discard()
             raise
+        write.objects[:] = [(key, version_id), (document, document_version)]
+        write.stored = StoredObject(key, version_id, instance.sha256, instance.size)
         return write
 
 
