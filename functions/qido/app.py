@@ -34,7 +34,7 @@ def _search(level: Level, study: str | None = None, series: str | None = None) -
         study=study,
         series=series,
     )
-    return respond(search_reply(request, root.index))
+    return respond(search_reply(request, root.index_table))
 
 
 @router.get("/studies")

@@ -30,7 +30,7 @@ class StoreRoot:
         return raw_path[len(self.prefix) :] or "/"
 
     @property
-    def index(self) -> IndexTable:
+    def index_table(self) -> IndexTable:
         return IndexTable(self.table_name)
 
 

@@ -44,11 +44,6 @@ def use_by_default(table_name: str) -> None:
     _connections.clear()
 
 
-def forget_connections() -> None:
-    """Drop the cached connections (a test that swaps the AWS endpoint or region)."""
-    _connections.clear()
-
-
 def connection_for(table_name: str, make: Callable[[], Any]) -> Any:
     """The process's connection to ``table_name``, made by ``make`` the first time."""
     connection = _connections.get(table_name)
