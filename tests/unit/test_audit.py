@@ -13,8 +13,11 @@ import pytest
 
 from dicomweb_core import audit
 from dicomweb_core.group_scopes import customise, parse_group_scopes
+from dicomweb_core.index.access import Index
+from dicomweb_core.index.models import SeriesItem
 from dicomweb_core.observability import logger
 from infra.samtemplate import load_template
+from tests.index_memory import MemoryItems
 
 
 def http_event(route_key: str, *, claims: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
@@ -338,3 +341,48 @@ def test_a_stow_record_names_each_instance_and_its_patient_without_an_index_read
     }
     # And the patient ID came from the instances, not from another read of the index
     assert looked_up == []
+
+
+@pytest.mark.parametrize(("copied", "lookups"), [(True, []), (False, ["1.2.3"])])
+def test_a_retrieval_record_takes_the_patient_from_the_series_item_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copied: bool, lookups: list[str]
+) -> None:
+    # Given a series item holding its study's attributes (or, written before it did, not)
+    monkeypatch.setattr(audit.sinks, "sink", lambda: audit.FileSink(tmp_path / "audit.jsonl"))
+    looked_up: list[str] = []
+    monkeypatch.setattr(audit.decorator, "_patient_of", lambda study: looked_up.append(study) or "PID-READ")
+    study_attributes = {
+        "00100020": {"vr": "LO", "Value": ["PID-7"]},
+        "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
+    }
+    index = Index(MemoryItems())
+    index.items.save(
+        SeriesItem(
+            *SeriesItem.key("1.2.3", "1.2.3.1"),
+            study_uid="1.2.3",
+            series_uid="1.2.3.1",
+            dicom_json=json.dumps(
+                (study_attributes if copied else {}) | {"00080060": {"vr": "CS", "Value": ["CT"]}}
+            ),
+        )
+    )
+
+    @audit.audited
+    def series_metadata(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        index.series("1.2.3", "1.2.3.1")
+        return {"statusCode": 200}
+
+    # When its metadata is retrieved
+    series_metadata(
+        http_event(
+            "GET /studies/{study}/series/{series}/metadata",
+            pathParameters={"study": "1.2.3", "series": "1.2.3.1"},
+            rawPath="/studies/1.2.3/series/1.2.3.1/metadata",
+        ),
+        None,
+    )
+    # Then the record names the patient, read from that item: no read of the study item
+    (line,) = (tmp_path / "audit.jsonl").read_text().splitlines()
+    objects = json.loads(line)["ParticipantObjectIdentification"]
+    assert objects[0]["ParticipantObjectID"] == ("PID-7" if copied else "PID-READ")
+    assert looked_up == lookups

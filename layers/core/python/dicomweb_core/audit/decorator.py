@@ -5,7 +5,8 @@ record (PS3.15 A.5) built by :func:`~dicomweb_core.audit.requests.http_message` 
 by :func:`~dicomweb_core.audit.sinks.emit`. A handler adds the objects its path does not
 name with :func:`note`; the wrapper fills in the patient ID of each primary-store study
 from the index, so that the record names the patient (the Patient participant object of the
-PS3.15 A.5.3 instance messages) even when the request did not.
+PS3.15 A.5.3 instance messages) even when the request did not: from a study or series item
+the handler read (``index.access.noting_patients``), else by reading the study item.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from dicomweb_core.audit.message import Subject
 from dicomweb_core.audit.requests import http_message
 from dicomweb_core.audit.sinks import emit
-from dicomweb_core.index.access import Index
+from dicomweb_core.index.access import Index, noting_patients
 from dicomweb_core.index.keys import first_value
 from dicomweb_core.observability import logger
 
@@ -64,18 +65,25 @@ def audited(
     def wrapper(event: dict[str, Any], context: Any) -> dict[str, Any]:
         token = _noted.set(())
         status = 500
-        try:
-            response = handler(event, context)
-            status = int(response.get("statusCode", 200))
-            return response
-        finally:
-            subjects = _noted.get()
-            _noted.reset(token)
+        # The patient of a study whose study or series item the handler read is known here.
+        with noting_patients() as read:
             try:
-                message = http_message(event, status, subjects=subjects, patient_of=_patient_of)
-            except Exception:
-                logger.exception("audit record could not be built in full")
-                message = http_message(event, status)  # still one record, without the extras
-            emit(message)
+                response = handler(event, context)
+                status = int(response.get("statusCode", 200))
+                return response
+            finally:
+                subjects = _noted.get()
+                _noted.reset(token)
+                try:
+                    message = http_message(
+                        event,
+                        status,
+                        subjects=subjects,
+                        patient_of=lambda study: read.get(study) or _patient_of(study),
+                    )
+                except Exception:
+                    logger.exception("audit record could not be built in full")
+                    message = http_message(event, status)  # still one record, without the extras
+                emit(message)
 
     return wrapper

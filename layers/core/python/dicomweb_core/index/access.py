@@ -19,6 +19,9 @@ of their own.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Protocol, TypeVar
 
 from pynamodb.attributes import Attribute
@@ -117,6 +120,35 @@ def _conditional_update(item: IndexItem, action: object, condition: object) -> b
     return True
 
 
+# The PatientID of each study whose study or series item (a copy of the study's attributes)
+# was read during the current audited invocation, so that the audit record names the patient
+# without reading the study item again (audit.decorator); None outside one.
+_patients_read: ContextVar[dict[str, str] | None] = ContextVar("patients_read", default=None)
+
+Read = TypeVar("Read", StudyItem, SeriesItem, StudyItem | None, SeriesItem | None)
+
+
+@contextmanager
+def noting_patients() -> Iterator[dict[str, str]]:
+    """Within the block, the PatientID of each study read through an :class:`Index` is noted
+    in the mapping it yields (study UID to PatientID)."""
+    noted: dict[str, str] = {}
+    token = _patients_read.set(noted)
+    try:
+        yield noted
+    finally:
+        _patients_read.reset(token)
+
+
+def _noting_patient(item: Read) -> Read:
+    noted = _patients_read.get()
+    if noted is not None and item is not None and item.study_uid not in noted:
+        patient = keys.first_value(json.loads(item.dicom_json), keys.PATIENT_ID)
+        if patient:
+            noted[item.study_uid] = str(patient)
+    return item
+
+
 def series_order(item: SeriesItem) -> tuple[int, str]:
     """Series by SeriesNumber, then UID (series without a number last)."""
     number = _first_int(item.dicom_json, keys.SERIES_NUMBER)
@@ -151,7 +183,7 @@ class Index:
     # ------------------------------------------------------------ studies and series
     def study(self, study: str) -> StudyItem:
         """The study; 404 if it never existed, 410 if it was deleted or is being deleted."""
-        item = self.items.get(StudyItem, StudyItem.key(study))
+        item = self.find_study(study)
         if item is None:
             raise self.missing(study, "study")
         if item.deleting is not None:
@@ -159,7 +191,7 @@ class Index:
         return item
 
     def find_study(self, study: str, *, consistent: bool = True) -> StudyItem | None:
-        return self.items.get(StudyItem, StudyItem.key(study), consistent=consistent)
+        return _noting_patient(self.items.get(StudyItem, StudyItem.key(study), consistent=consistent))
 
     def series(self, study: str, series: str) -> SeriesItem:
         """The series; 404 if it never existed, 410 if its study was deleted."""
@@ -169,12 +201,15 @@ class Index:
         return item
 
     def find_series(self, study: str, series: str) -> SeriesItem | None:
-        return self.items.get(SeriesItem, SeriesItem.key(study, series))
+        return _noting_patient(self.items.get(SeriesItem, SeriesItem.key(study, series)))
 
     def series_of(self, study: str) -> list[SeriesItem]:
         """The study's series in order (:func:`series_order`)."""
         found = self.items.query(study_pk(study), "SERIES#")
-        return sorted((i for i in found if isinstance(i, SeriesItem)), key=series_order)
+        series = sorted((i for i in found if isinstance(i, SeriesItem)), key=series_order)
+        for item in series[:1]:
+            _noting_patient(item)
+        return series
 
     def tombstone(self, study: str) -> DeletedStudyItem | None:
         """The study's tombstone: it was deleted (or is being deleted) at least once."""
