@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dicomweb_core.errors import Gone, NotFound
-from dicomweb_core.index.access import DynamoItems, Index
+from dicomweb_core.index.access import DynamoItems, Index, noting_patients
 from dicomweb_core.index.models import (
     DeletedStudyItem,
     InferenceRunItem,
@@ -204,3 +204,26 @@ def test_two_stores_in_one_process_each_read_their_own_table(tables: tuple[str, 
         assert primary.study(uid).instance_count == 1  # an Index binds its own table
     assert current_table_name() == tables[0]
     assert isinstance(primary.items, DynamoItems) and primary.items.table.resolved_name == tables[0]
+
+
+def test_the_patient_of_what_was_read_is_noted_for_the_audit(index: Index) -> None:
+    st, se, sop = new_uid(), new_uid(), new_uid()
+    copied = series(st, se, 1)
+    copied.dicom_json = json.dumps(
+        {"00100020": {"vr": "LO", "Value": ["PID-9"]}} | json.loads(copied.dicom_json)
+    )
+    index.items.save(copied)
+    item = instance(st, se, sop, 1)
+    item.patient_id = "PID-9"
+    index.items.save(item)
+    index.series(st, se)  # outside an audited invocation: nothing is kept
+    with noting_patients() as noted:
+        index.instances(DicomWebURI("", study=st, series=se, instance=sop))
+    assert noted == {st: "PID-9"}
+    with noting_patients() as noted:
+        index.series(st, se)
+    assert noted == {st: "PID-9"}
+    with noting_patients() as noted:
+        index.instances(DicomWebURI("", study=st, series=se))
+        index.find_series(new_uid(), new_uid())
+    assert noted == {st: "PID-9"}

@@ -125,7 +125,7 @@ def _conditional_update(item: IndexItem, action: object, condition: object) -> b
 # without reading the study item again (audit.decorator); None outside one.
 _patients_read: ContextVar[dict[str, str] | None] = ContextVar("patients_read", default=None)
 
-Read = TypeVar("Read", StudyItem, SeriesItem, StudyItem | None, SeriesItem | None)
+Read = TypeVar("Read", StudyItem, SeriesItem, InstanceItem, StudyItem | None, SeriesItem | None)
 
 
 @contextmanager
@@ -143,7 +143,10 @@ def noting_patients() -> Iterator[dict[str, str]]:
 def _noting_patient(item: Read) -> Read:
     noted = _patients_read.get()
     if noted is not None and item is not None and item.study_uid not in noted:
-        patient = keys.first_value(json.loads(item.dicom_json), keys.PATIENT_ID)
+        if isinstance(item, InstanceItem):
+            patient = item.patient_id
+        else:
+            patient = keys.first_value(json.loads(item.dicom_json), keys.PATIENT_ID)
         if patient:
             noted[item.study_uid] = str(patient)
     return item
@@ -230,11 +233,12 @@ class Index:
             item = self.items.get(InstanceItem, InstanceItem.key(uri.study, uri.series, uri.instance))
             if item is None:
                 raise self.missing(uri.study, "instance")
-            return [item]
+            return [_noting_patient(item)]
         prefix = f"INSTANCE#{uri.series}#" if uri.series is not None else "INSTANCE#"
         found = [i for i in self.items.query(study_pk(uri.study), prefix) if isinstance(i, InstanceItem)]
         if not found:
             raise self.missing(uri.study, uri.resource_type.value)
+        _noting_patient(found[0])
         if uri.series is not None:
             return sorted(found, key=instance_order)
         rank = {s.series_uid: n for n, s in enumerate(self.series_of(uri.study))}

@@ -100,6 +100,7 @@ def instance_item(
         sha256=stored.sha256,
         size=stored.size,
         frame_index=frame_index_json(instance),
+        patient_id=keys.text_value(instance.study_json, keys.PATIENT_ID) or None,
         updated_at=now,
     )
     return _with_index_attributes(item, attributes)

@@ -194,6 +194,9 @@ class InstanceItem(IndexItem, discriminator="instance"):
     sha256 = UnicodeAttribute()
     size = NumberAttribute()
     frame_index = UnicodeAttribute(null=True)  # JSON: byte ranges of each frame (frames.py)
+    # PatientID, so a retrieval's audit record names the patient without reading the study
+    # item (audit.decorator); in no index. Absent on items written before it was added.
+    patient_id = UnicodeAttribute(null=True)
 
     @staticmethod
     def key(study: str, series: str, sop: str) -> tuple[str, str]:
