@@ -8,7 +8,7 @@ for items by key and by partition:
 
 - :class:`DynamoItems` reads and writes one DynamoDB table (:class:`~.table.IndexTable`);
 - tests that want no AWS at all give it an in-memory store (``tests/index_memory.py``),
-  which ``tests/unit/test_index_access.py`` holds to the same behaviour as DynamoDB's.
+  which ``tests/integration/test_index_access.py`` holds to the same behaviour as DynamoDB's.
 
 Writing instances (STOW-RS, :mod:`.writer`), deleting studies (:mod:`dicomweb_core.delete`)
 and QIDO-RS's searches (:mod:`dicomweb_core.index.search_reads`) need conditions,
@@ -120,9 +120,10 @@ def _conditional_update(item: IndexItem, action: object, condition: object) -> b
     return True
 
 
-# The PatientID of each study whose study or series item (a copy of the study's attributes)
-# was read during the current audited invocation, so that the audit record names the patient
-# without reading the study item again (audit.decorator); None outside one.
+# The PatientID of each study whose study, series (a copy of the study's attributes) or
+# instance item (its ``patient_id``) was read during the current audited invocation, so that
+# the audit record names the patient without reading the study item (audit.decorator); None
+# outside one.
 _patients_read: ContextVar[dict[str, str] | None] = ContextVar("patients_read", default=None)
 
 Read = TypeVar("Read", StudyItem, SeriesItem, InstanceItem, StudyItem | None, SeriesItem | None)
