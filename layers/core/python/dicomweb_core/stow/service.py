@@ -54,6 +54,9 @@ MULTIPART_RELATED = "multipart/related"
 PATIENT_ID = "00100020"
 # Put an instance's bytes while the request's thread puts its metadata document.
 _OBJECT_WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="object-put")
+# How many instances of one request are written at once (StowService.store_all).
+INSTANCE_WRITERS = 4
+_INSTANCE_WRITERS = ThreadPoolExecutor(max_workers=INSTANCE_WRITERS, thread_name_prefix="instance-write")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,17 +205,39 @@ class StowService:
                 received.append(self._received(payload, study=study, budget=budget))
             except InstanceRejected as rejected:
                 outcome.failures.append(rejected.failure)
+        priors = self._priors(received)
         unfenced: list[_Unfenced] = []
         written: set[tuple[str, str]] = set()  # (study, series) this request has stored into
-        for instance, prior in zip(received, self._priors(received), strict=True):
+        results: list[StoredInstance | Failure | None] = [None] * len(received)
+
+        def store(n: int) -> None:
+            instance = received[n]
             try:
-                outcome.stored.append(
-                    self._store_received(instance, unfenced=unfenced, prior=_after(prior, written, instance))
+                results[n] = self._store_received(
+                    instance, unfenced=unfenced, prior=_after(priors[n], written, instance)
                 )
             except InstanceRejected as rejected:
-                outcome.failures.append(rejected.failure)
+                results[n] = rejected.failure
             else:
                 written.add((instance.study_instance_uid, instance.series_instance_uid))
+
+        # The first instance of each series new to the index goes alone and first: it creates
+        # the series (and study) in a transaction. The others then commit with a PutItem each,
+        # several at once: a request of n instances waits for about n / INSTANCE_WRITERS of
+        # them, not n, and no two of its writes race to create the same series.
+        first, rest = _first_of_new_series(received, priors)
+        for n in first:
+            store(n)
+        if len(rest) > 1:
+            list(_INSTANCE_WRITERS.map(store, rest))
+        else:
+            for n in rest:
+                store(n)
+        for result in results:
+            if isinstance(result, StoredInstance):
+                outcome.stored.append(result)
+            elif result is not None:
+                outcome.failures.append(result)
         if unfenced:
             self._fence(unfenced, outcome)
         return outcome
@@ -425,6 +450,22 @@ class _Write:
                 self.store.delete_version(key, version)
             except Exception:
                 logger.exception("could not remove an unreferenced object", extra={"key": key})
+
+
+def _first_of_new_series(
+    instances: Sequence[ReceivedInstance], priors: Sequence[Prior | WriteRefused | None]
+) -> tuple[list[int], list[int]]:
+    """The positions of the first instance of each series the index does not hold yet, and
+    of all the others, in request order."""
+    first: list[int] = []
+    seen: set[tuple[str, str]] = set()
+    for n, (instance, prior) in enumerate(zip(instances, priors, strict=True)):
+        place = (instance.study_instance_uid, instance.series_instance_uid)
+        if isinstance(prior, Prior) and not prior.context.series_exists and place not in seen:
+            first.append(n)
+        seen.add(place)
+    chosen = set(first)
+    return first, [n for n in range(len(instances)) if n not in chosen]
 
 
 def _after(
