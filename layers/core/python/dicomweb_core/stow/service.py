@@ -174,7 +174,7 @@ def _check_part_type(type_param: str | None) -> None:
 
 
 class StowService:
-    """Stores a request's instances one by one; a bad instance never affects the others."""
+    """Stores a request's instances, several at once; a bad instance never affects the others."""
 
     @classmethod
     def of(cls, settings: Settings) -> StowService:
